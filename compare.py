@@ -1,0 +1,225 @@
+"""compare.py: the main job. Train NTP and NITP side by side on the same data and seeds, then compare.
+
+    python compare.py                                  # NTP vs NITP, one seed, CPU, ~15 min on 2 cores
+    python compare.py --seeds=3                        # every metric as mean ± std over 3 seeds
+    python compare.py --variants=ntp,nitp,shift0,mse,no_stopgrad,no_projector,deep_target
+    python compare.py --max_steps=40 --preset=small-moe   # any other --key=value goes to every train.py run
+
+For each seed and variant it runs `train.py` in a subprocess (OUT_DIR/seedS/VARIANT; a finished run is
+skipped when the command is repeated, an interrupted one resumes from its checkpoint), then evaluates
+all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figures, report.md,
+metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as
+mean ± std over seeds, and, against the first variant, whether the difference exceeds the seed spread.
+A variant is a name from VARIANTS: one row of the paper's ablation table as train.py flags.
+Imports eval.py and model.py (never train.py: it runs as its own process, as a user would run it).
+"""
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import eval as eval_lib
+import model as model_lib
+
+REPO = Path(__file__).resolve().parent
+
+# the paper's ablation table (NITP_SPEC section 3) as train.py flags; "deep_target" is resolved per preset
+VARIANTS = {
+    "ntp": {"objective": "ntp"},
+    "nitp": {"objective": "nitp"},
+    "shift0": {"objective": "nitp", "shift": 0},               # predict the current token's shallow state
+    "mse": {"objective": "nitp", "loss_type": "mse"},
+    "smooth_l1": {"objective": "nitp", "loss_type": "smooth_l1"},
+    "kl": {"objective": "nitp", "loss_type": "kl"},
+    "no_stopgrad": {"objective": "nitp", "stop_grad": False},
+    "linear_projector": {"objective": "nitp", "projector": "linear"},
+    "no_projector": {"objective": "nitp", "projector": "none"},
+    "deep_target": {"objective": "nitp", "target_layer": "n_layer - 1"},
+    "cosreg": {"objective": "cosreg"},                         # the generic anti-anisotropy regulariser
+}
+# (metric key in eval.evaluate_run's result, label, format, what the paper reports for NITP vs NTP)
+METRICS = [("val_loss", "val loss", ".4f", "about unchanged"), ("effective_rank", "eff. rank (final)", ".1f", "higher"),
+           ("avg_cosine", "avg cosine (final)", ".3f", "lower"), ("probe_accuracy", "probe acc", ".3f", "higher"),
+           ("mc_accuracy", "MC acc", ".3f", "higher")]
+
+
+@dataclass
+class CompareConfig:
+    variants: str = "ntp,nitp"      # comma-separated names from VARIANTS; the first is the baseline
+    seeds: int = 1                  # seeds base_seed, base_seed + 1, ...
+    base_seed: int = 1337
+    out_dir: str = "runs/compare"
+    eval_max_tokens: int = 8192     # held-out tokens for the geometry metrics (eval.EvalConfig.max_tokens)
+    train_args: tuple = ()          # every other --key=value, passed unchanged to each train.py run
+
+
+def parse_args(argv=None) -> CompareConfig:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__, "CompareConfig flags (default):",
+              *(f"  --{f.name}={f.default!r}" for f in dataclasses.fields(CompareConfig) if f.name != "train_args"),
+              "variants: " + ", ".join(VARIANTS), "Other --key=value flags go to train.py (see train.py --help).",
+              sep="\n")
+        raise SystemExit(0)
+    own = {f.name: f.type for f in dataclasses.fields(CompareConfig) if f.name != "train_args"}
+    values, train_args = {}, []
+    for arg in argv:
+        key, sep, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not sep:
+            raise ValueError(f"expected --key=value, got {arg!r}")
+        if key in ("objective", "seed", "resume"):
+            raise ValueError(f"--{key} is set by compare.py for each run; use --variants and --seeds")
+        if key in own:
+            try:
+                values[key] = int(value) if own[key] in (int, "int") else value
+            except ValueError:
+                raise ValueError(f"--{key} expects an integer, got {value!r}") from None
+        else:
+            train_args.append(arg)
+    cfg = CompareConfig(**values, train_args=tuple(train_args))
+    unknown = [v for v in variant_names(cfg) if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if cfg.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+    return cfg
+
+
+def variant_names(cfg: CompareConfig) -> list[str]:
+    names = [v.strip() for v in cfg.variants.split(",") if v.strip()]
+    if len(names) != len(set(names)):
+        raise ValueError(f"--variants lists a name twice: {cfg.variants!r}")
+    return names
+
+
+def train_flags(cfg: CompareConfig, variant: str, seed: int, run_dir: Path) -> list[str]:
+    """train.py's flags for one run: the variant's switches, then the user's flags (they win), seed, out_dir."""
+    switches = dict(VARIANTS[variant])
+    if switches.get("target_layer") == "n_layer - 1":  # the deepest block that is still a strict prefix
+        user = dict(a.removeprefix("--").split("=", 1) for a in cfg.train_args)
+        n_layer = int(user["n_layer"]) if "n_layer" in user else model_lib.get_preset(user.get("preset", "small")).n_layer
+        switches["target_layer"] = n_layer - 1
+    return ([f"--{k}={v}" for k, v in switches.items()] + list(cfg.train_args)
+            + [f"--seed={seed}", f"--out_dir={run_dir}"])
+
+
+def run_training(flags: list[str], run_dir: Path, label: str) -> float:
+    """Run train.py once (resuming a partial run), streaming its output with a prefix; returns seconds."""
+    done_file = run_dir / "compare_done.json"
+    if done_file.exists() and json.loads(done_file.read_text()).get("flags") == flags:
+        print(f"[{label}] already trained with these flags: skipped ({run_dir})", flush=True)
+        return 0.0
+    resume = ["--resume=true"] if (run_dir / "ckpt.pt").exists() else []
+    command = [sys.executable, str(REPO / "train.py"), *flags, *resume]
+    print(f"[{label}] {' '.join(command[1:])}", flush=True)
+    t0 = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            print(f"[{label}] {line}", end="", flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py failed for {label} (exit {proc.returncode}); its output is above. "
+                           f"Rerun the same compare.py command to resume after fixing the cause.")
+    seconds = time.perf_counter() - t0
+    done_file.write_text(json.dumps({"flags": flags, "seconds": seconds}))
+    return seconds
+
+
+def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
+    """{variant: {metric: [value per seed]}} plus mean/std and, against the baseline, the difference test."""
+    names = variant_names(cfg)
+    per_variant = {v: {key: [] for key, *_ in METRICS} for v in names}
+    for r in results:
+        for key, *_ in METRICS:
+            if r.get(key) is not None:
+                per_variant[r["variant"]][key].append(r[key])
+    summary = {"variants": names, "seeds": cfg.seeds, "baseline": names[0], "metrics": {}}
+    for key, label, _, paper in METRICS:
+        entry = {"label": label, "paper": paper}
+        for v in names:
+            values = per_variant[v][key]
+            if not values:
+                continue
+            std = statistics.stdev(values) if len(values) > 1 else None
+            entry[v] = {"values": values, "mean": statistics.fmean(values), "std": std}
+            if v != names[0] and names[0] in entry:
+                base = entry[names[0]]
+                diff = entry[v]["mean"] - base["mean"]
+                # paired by seed: the same seed gives both runs the same init and the same batches
+                paired = [a - b for a, b in zip(values, base["values"])]
+                spread = (std or 0.0) + (base["std"] or 0.0)
+                entry[v]["diff"] = diff
+                entry[v]["same_sign_seeds"] = sum((d > 0) == (diff > 0) and d != 0 for d in paired)
+                entry[v]["exceeds_spread"] = None if std is None else abs(diff) > spread
+        summary["metrics"][key] = entry
+    return summary
+
+
+def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
+    names, base, n = summary["variants"], summary["baseline"], summary["seeds"]
+    lines = ["# NTP vs NITP: summary over seeds", "",
+             f"{n} seed(s); each cell is mean ± std over seeds (std needs >= 2 seeds). Against the baseline "
+             f"`{base}`: the difference of means, how many seeds show a difference of that sign (the runs of one "
+             "seed share the initial weights and the batches), and whether |difference| > std(variant) + "
+             "std(baseline), i.e. the two one-sigma bands do not overlap.", "",
+             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, entry in summary["metrics"].items():
+        spec = next(s for k, _, s, _ in METRICS if k == key)
+        cells = []
+        for v in names:
+            e = entry.get(v)
+            if e is None:
+                cells.append("-")
+                continue
+            cell = format(e["mean"], spec) + ("" if e["std"] is None else f" ± {e['std']:{spec}}")
+            if "diff" in e:
+                verdict = {True: "exceeds spread", False: "within spread", None: "one seed"}[e["exceeds_spread"]]
+                cell += f" (Δ {e['diff']:+{spec}}, {e['same_sign_seeds']}/{len(e['values'])} seeds, {verdict})"
+            cells.append(cell)
+        lines.append(f"| {entry['label']} (paper, NITP: {entry['paper']}) | " + " | ".join(cells) + " |")
+    lines += ["", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
+              "metric is measured: [report.md](report.md)."]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return path
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+        names = variant_names(cfg)
+    except ValueError as err:
+        print(f"compare.py: error: {err}", file=sys.stderr)
+        return 2
+    t0, out_dir = time.perf_counter(), Path(cfg.out_dir)
+    jobs = [(seed, v) for seed in range(cfg.base_seed, cfg.base_seed + cfg.seeds) for v in names]
+    run_dirs, seconds = [], []
+    for i, (seed, variant) in enumerate(jobs):
+        run_dir = out_dir / f"seed{seed}" / variant
+        eta = "" if not seconds else f", eta {statistics.fmean(seconds) * (len(jobs) - i) / 60:.0f} min"
+        label = f"{i + 1}/{len(jobs)} seed {seed} {variant}{eta}"
+        try:
+            s = run_training(train_flags(cfg, variant, seed, run_dir), run_dir, label)
+        except (RuntimeError, ValueError) as err:
+            print(f"compare.py: error: {err}", file=sys.stderr)
+            return 1
+        seconds += [s] if s > 0 else []
+        run_dirs.append(run_dir)
+    print(f"[eval] evaluating {len(run_dirs)} runs on the same held-out tokens ...", flush=True)
+    report_dir = out_dir / "report"
+    results = eval_lib.make_report(run_dirs, report_dir, eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens))
+    for r, (seed, variant) in zip(results, jobs):
+        r["variant"], r["seed"] = variant, seed
+    summary = aggregate(results, cfg)
+    path = write_summary(summary, report_dir, time.perf_counter() - t0)
+    print(path.read_text(), f"wrote {report_dir / 'report.md'} and {path}", sep="\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
