@@ -514,6 +514,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     evals = [r for r in run["log"] if r.get("kind") == "eval"]
     result = {
         "run_dir": run["dir"], "name": run["name"], "label": run["label"], "objective": run["objective"],
+        "group": run.get("group", run["name"]),
         "step": ckpt.get("step"), "tokenizer": ckpt.get("tokenizer", "gpt2"), "n_layer": model.config.n_layer,
         "d_model": d_model, "eval_tokens": n_tokens, "val_loss": val_loss,
         "val_loss_log": next((r["val_loss"] for r in reversed(evals) if "val_loss" in r), None),
@@ -548,12 +549,24 @@ def _no_data(ax, message):
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
 
 
+def _styles(results) -> list[dict]:
+    """Matplotlib style per run: one colour per group (the run folder's name, e.g. every seed of `nitp`),
+    one dash pattern per run within its group."""
+    groups = list(dict.fromkeys(r.get("group", r["name"]) for r in results))
+    seen, styles = {}, []
+    for r in results:
+        g = r.get("group", r["name"])
+        seen[g] = seen.get(g, -1) + 1
+        styles.append({"color": f"C{groups.index(g) % 10}", "ls": ("-", "--", ":", "-.")[seen[g] % 4]})
+    return styles
+
+
 def plot_final_spectra(results, path) -> str:
     """Figure 1: normalised singular values of the last hidden states, all runs overlaid."""
     ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    for r in results:
+    for r, style in zip(results, _styles(results)):
         s = np.asarray(r["layers"][-1]["singular_values"])
-        ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300),
+        ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), **style,
                 label=f"{r['label']}: eff. rank {r['effective_rank']:.1f}")
     ax.set(yscale="log", xlabel="index i (singular values sorted, largest first)", ylabel="σ_i / σ_1  (log scale)",
            title="Spectrum of the last hidden states (final-norm output, mean-centred)\n"
@@ -563,7 +576,11 @@ def plot_final_spectra(results, path) -> str:
 
 
 def plot_layer_spectra(results, path) -> str:
-    """Figure 2: one panel per run, one normalised spectrum per layer coloured by depth."""
+    """Figure 2: one panel per group (its first run: one seed per variant), one spectrum per layer by depth."""
+    first_of_group = {}
+    for r in results:
+        first_of_group.setdefault(r.get("group", r["name"]), r)
+    results = list(first_of_group.values())
     fig = Figure(figsize=(5.5 * len(results) + 1, 4.8))
     axes = fig.subplots(1, len(results), sharey=True, squeeze=False)[0]
     for ax, r in zip(axes, results):
@@ -587,10 +604,10 @@ def plot_geometry_history(results, path) -> str:
     axes = fig.subplots(1, 2)
     for ax, key, ylabel in zip(axes, ("effective_rank", "avg_cosine"), ("effective rank", "average pairwise cosine")):
         drawn = False
-        for r in results:
+        for r, style in zip(results, _styles(results)):
             points = [(e["step"], e[key]) for e in r["history"]["eval"] if e.get(key) is not None]
             if points:
-                ax.plot(*zip(*points), "o-", ms=3, label=r["label"])
+                ax.plot(*zip(*points), marker="o", ms=3, **style, label=r["label"])
                 drawn = True
         ax.set(xlabel="training step", ylabel=ylabel, title=ylabel)
         ax.grid(alpha=0.3)
@@ -611,14 +628,13 @@ def plot_nitp_loss(results, path) -> str:
     """Figure 4: the NITP loss (train loss_nitp vs step), raw and smoothed."""
     ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
     drawn = False
-    for i, r in enumerate(results):
+    for r, style in zip(results, _styles(results)):
         points = r["history"]["train_nitp"]
         if not points:
             continue
         steps, losses = zip(*points)
-        color = f"C{i}"
-        ax.plot(steps, losses, color=color, alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None, ms=3)
-        ax.plot(steps, _moving_average(losses, len(losses) // 100), color=color, lw=1.8, label=r["label"])
+        ax.plot(steps, losses, color=style["color"], alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None, ms=3)
+        ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=r["label"])
         drawn = True
     ax.set(yscale="log", xlabel="training step", ylabel="L_NITP = mean(1 - cos(P(h_t), z_t+1))  (log scale)",
            title="NITP auxiliary loss during training (train lines of log.jsonl)\n"
@@ -631,8 +647,9 @@ def plot_nitp_loss(results, path) -> str:
 def plot_rank_by_layer(results, path) -> str:
     """Figure 5: effective rank of every layer's representations, all runs overlaid."""
     ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    for r in results:
-        ax.plot(range(len(r["layers"])), [layer["effective_rank"] for layer in r["layers"]], "o-", label=r["label"])
+    for r, style in zip(results, _styles(results)):
+        ax.plot(range(len(r["layers"])), [layer["effective_rank"] for layer in r["layers"]], marker="o", **style,
+                label=r["label"])
     deepest = max(results, key=lambda r: len(r["layers"]))["layers"]
     ax.set_xticks(range(len(deepest)), [layer["name"].replace("block ", "") for layer in deepest])
     ax.set(xlabel="layer (embedding, block 1..L, final norm)", ylabel="effective rank",
@@ -642,7 +659,7 @@ def plot_rank_by_layer(results, path) -> str:
 
 
 FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value spectra of the last hidden states."),
-           "spectra_layers.png": (plot_layer_spectra, "Spectra of every layer, one panel per run, coloured by depth."),
+           "spectra_layers.png": (plot_layer_spectra, "Spectra of every layer, one panel per run (first seed of each), by depth."),
            "geometry_vs_step.png": (plot_geometry_history,
                                     "Effective rank and average cosine during training (log.jsonl)."),
            "nitp_loss.png": (plot_nitp_loss, "NITP loss curve of the NITP runs."),
@@ -711,6 +728,7 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
     tokenizer_name = check_same_tokenizer(runs)
     names = [r["name"] for r in runs]
     for r in runs:  # two runs with the same folder name (e.g. seeds/ntp): add the parent folder
+        r["group"] = r["name"]  # runs of one group (seeds of one variant) share a colour in the figures
         if names.count(r["name"]) > 1:
             r["name"] = f"{Path(r['dir']).resolve().parent.name}-{r['name']}"
             r["label"] = f"{r['name']} ({r['objective']})"
