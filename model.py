@@ -452,6 +452,23 @@ def flops_per_token(config: GPTConfig, seq_len: int, projector_hidden: int | Non
     return {"ntp": ntp, "nitp_extra": extra, "nitp_ratio": extra / ntp, "breakdown": breakdown}
 
 
+# bf16 dense tensor-core peaks (no sparsity), FLOP/s, keyed by a substring of torch.cuda.get_device_name()
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
+                   "L40S": 362e12, "4090": 165e12}
+
+
+def peak_bf16_flops(device) -> float | None:
+    """The dense bf16 peak of a CUDA device, for MFU (nanoGPT's estimate_mfu hard-wires the A100's); the longest
+    matching name wins ("H100 PCIe" over "H100"). None off CUDA or for a GPU not in PEAK_BF16_FLOPS: then pass
+    the figure yourself (--peak_flops in train.py and bench.py)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    matches = [key for key in PEAK_BF16_FLOPS if key in name]
+    return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def load_model(path, map_location="cpu"):
     """(GPT, checkpoint dict) from a checkpoint written by train.py (contract format)."""

@@ -1,0 +1,346 @@
+"""bench.py: what NITP costs on this machine, measured against its FLOPs floor (NITP_SPEC section 6).
+
+    python bench.py                                       # "small" preset on CPU (fp32), about a minute: a table
+    python bench.py --json                                # the same, as one JSON object on stdout
+    python bench.py --preset=gpt2-124m --compile          # on a GPU: bf16 autocast, MFU against the bf16 peak
+    python bench.py --preset=gpt2-124m --moe_preset=9bA1b # ... and the paper's MoE block against dense
+
+NITP's extra work is the projector and the cosine, so its overhead has a floor that the FLOPs accounting
+gives (model.flops_per_token); a good implementation sits on it. On the device and preset given, in ONE run:
+  * the training step (forward, backward, clipping, AdamW) for NTP and for NITP, interleaved after a warm-up
+    (NTP NITP, NITP NTP, ...: the order flips every round so drift hits both alike): median step times, the
+    overhead (median over rounds of NITP / NTP - 1) and the FLOPs overhead. Machines are shared and noisy:
+    the ratio is the result; absolute times mean something only on a GPU;
+  * tokens/s, peak memory (CUDA: per objective; CPU: the process's max RSS), MFU on CUDA;
+  * an MoE block (the preset's, or small-moe's for a dense preset) against a dense SwiGLU of the same active
+    FLOPs (hidden width (top_k + n_shared) * d_expert), forward + backward, tokens/s;
+  * the FLOPs overhead in the spec's paper mode, for the preset and for 9bA1b (the paper says ~2.3%).
+Every BenchConfig field is a `--field=value` flag. The step is built here from model.GPT, nitp_loss and
+torch.optim.AdamW, the pieces train.py uses (nothing imports train.py). Nothing runs at import.
+"""
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import typing
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import model as model_lib
+from nitp_loss import NITPHead, nitp_loss
+
+
+# ---------------------------------------------------------------------------- configuration
+@dataclass
+class BenchConfig:
+    preset: str = "small"               # a name in model.PRESETS
+    device: str = "auto"                # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    dtype: str = "auto"                 # auto (bfloat16 autocast on cuda, float32 on cpu) | float32 | bfloat16
+    batch_size: int | None = None       # None: 16 on cuda, 2 on cpu
+    seq_len: int | None = None          # None: min(block_size, 1024 on cuda, 256 on cpu)
+    warmup: int = 2                     # untimed rounds first (allocator, caches, torch.compile)
+    rounds: int = 30                    # timed rounds, each one NTP and one NITP step (one MoE and one dense pass)
+    compile: bool = False               # torch.compile the loss (model + CE + projector + NITP loss) and the layers
+    threads: int = 1                    # CPU threads; 0: torch's default (one per core). See cpu_threads()
+    target_layer: int | None = None     # None: the preset's nitp_target_layer, else round(0.2 * n_layer)
+    projector_hidden: int | None = None  # None: 4 * d_model (the paper's head)
+    moe_preset: str | None = None       # whose MoE block to time; None: the preset's, or small-moe's if dense
+    layer_tokens: int | None = None     # tokens through the MoE and dense layers; None: 16384 on cuda, 2048 on cpu
+    peak_flops: float | None = None     # device bf16 peak for MFU; None: model.peak_bf16_flops (known GPUs)
+    json: bool = False                  # one JSON object on stdout instead of the table
+
+
+def parse_config(argv=None) -> BenchConfig:
+    """BenchConfig from `--field=value` flags (a bare `--flag` means true); an unknown field is an error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    hints = typing.get_type_hints(BenchConfig)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__, *(f"  --{f.name}={f.default}" for f in dataclasses.fields(BenchConfig)), sep="\n")
+        raise SystemExit(0)
+    values = {}
+    for arg in argv:
+        key, has_value, text = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or key not in hints:
+            raise ValueError(f"unknown option {arg!r}; bench.py takes --key=value with key in: {', '.join(hints)}")
+        values[key] = parse_value(key, text if has_value else "true", hints[key])
+    return BenchConfig(**values)
+
+
+def parse_value(key, text, hint):
+    """`text` as field `key` of type `hint`: bool (true/false/1/0), int, float, str, or one of them | None."""
+    kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    if kind is not hint and text.lower() == "none":
+        return None
+    try:
+        return {"true": True, "1": True, "false": False, "0": False}[text.lower()] if kind is bool else kind(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"--{key} expects {kind.__name__}, got {text!r}") from None
+
+
+def resolve(cfg: BenchConfig):
+    """(cfg with every None / auto filled in, the preset's GPTConfig); ValueError naming a bad value."""
+    mcfg = model_lib.get_preset(cfg.preset)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    cuda = device.startswith("cuda")
+    target = mcfg.nitp_target_layer
+    defaults = dict(dtype="bfloat16" if cuda else "float32", batch_size=16 if cuda else 2,
+                    seq_len=min(mcfg.block_size, 1024 if cuda else 256), projector_hidden=4 * mcfg.d_model,
+                    target_layer=round(0.2 * mcfg.n_layer) if target is None else target,
+                    moe_preset=cfg.preset if mcfg.n_routed_experts else "small-moe",
+                    layer_tokens=16384 if cuda else 2048)
+    cfg = dataclasses.replace(cfg, device=device, **{key: value for key, value in defaults.items()
+                                                    if getattr(cfg, key) in (None, "auto")})
+    for ok, message in [
+        (cfg.dtype in ("float32", "bfloat16"), f"dtype={cfg.dtype!r}; use auto, float32 or bfloat16"),
+        (not cuda or torch.cuda.is_available(), f"device={device!r} but CUDA is not available; use --device=cpu"),
+        (min(cfg.batch_size, cfg.seq_len, cfg.rounds, cfg.projector_hidden, cfg.layer_tokens) > 0
+         and min(cfg.warmup, cfg.threads) >= 0, "batch_size, seq_len, rounds, projector_hidden and layer_tokens "
+                                                "must be positive, warmup and threads >= 0"),
+        (cfg.seq_len <= mcfg.block_size, f"seq_len={cfg.seq_len} exceeds block_size={mcfg.block_size}; lower it"),
+        (0 <= cfg.target_layer <= mcfg.n_layer, f"target_layer={cfg.target_layer} is outside [0, {mcfg.n_layer}]"),
+        (model_lib.get_preset(cfg.moe_preset).n_routed_experts > 0,
+         f"moe_preset={cfg.moe_preset!r} has no MoE block; name an MoE preset such as small-moe"),
+        # measured: a tiny-moe NITP step took 1.1 s compiled vs 55 ms eager, recompiling on new expert counts
+        (not (cfg.compile and mcfg.n_routed_experts) or (cuda and cfg.dtype == "bfloat16"),
+         "--compile with an MoE preset needs CUDA and bfloat16 (the grouped-matmul path): the expert loop splits "
+         "tokens by data-dependent counts and torch.compile recompiles at every step; drop --compile"),
+    ]:
+        if not ok:
+            raise ValueError(message)
+    return cfg, mcfg
+
+
+# ---------------------------------------------------------------------------- measuring
+def tune_cpu_allocator():
+    """ENVIRONMENT.md's malloc trap: glibc returns big freed blocks to the OS and page-faults them back every
+    step (40% of a CPU step). train.py sets the same mallopt knobs; skipped if MALLOC_* env vars were given."""
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL("libc.so.6")
+            for knob, value in ((-3, 2**31 - 1), (-1, 2**31 - 1), (-2, 2**30)):  # M_MMAP_/M_TRIM_THRESHOLD, TOP_PAD
+                libc.mallopt(knob, value)
+
+
+@contextlib.contextmanager
+def cpu_threads(n):
+    """torch's intra-op threads set to n (0: left alone) inside the block. One by default: on a machine shared
+    with other jobs, two OpenMP threads next to one busy process made steps 40x slower (they spin at every
+    barrier: a tiny-moe step took 3.5 s instead of 85 ms), which no interleaving cancels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_interleaved(runs: dict, rounds: int, warmup: int, device, label: str):
+    """({name: [seconds per call]}, {name: peak CUDA bytes}) over `rounds` timed rounds after `warmup` untimed
+    ones; every round calls each run once, in reversed order every other round. The clock: wall time on CUDA
+    (synchronised); on CPU the CPU time of this process (all its threads), which other jobs on a shared
+    machine inflate far less than wall time (that went from 1.6 s to 2.3 s a step within minutes here)."""
+    cuda = device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    times, peaks, began = {name: [] for name in runs}, dict.fromkeys(runs, 0), time.perf_counter()
+    for r in range(warmup + rounds):
+        for name in list(runs)[::1 if r % 2 == 0 else -1]:
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = clock()
+            runs[name]()
+            if cuda:
+                torch.cuda.synchronize(device)
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
+            if r >= warmup:
+                times[name].append(clock() - start)
+        if sys.stderr.isatty() or r + 1 == warmup + rounds:  # one line that updates, or one line when done
+            print(f"\rbench: {label}: round {r + 1}/{warmup + rounds} ({warmup} warm-up), "
+                  f"{time.perf_counter() - began:.0f} s", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr, flush=True)
+    return times, peaks
+
+
+def training_steps(cfg, mcfg, device, autocast):
+    """{"ntp": step, "nitp": step}: one optimizer step each on a fixed random batch, with one shared model,
+    projector and AdamW (an NTP step leaves the projector's grads None, so AdamW and clipping skip it)."""
+    torch.manual_seed(0)
+    model = model_lib.GPT(mcfg).to(device)
+    projector = NITPHead(mcfg.d_model, cfg.projector_hidden, init_std=mcfg.init_std).to(device)
+    params = [*model.parameters(), *projector.parameters()]
+    # fused on CPU too: one kernel for all tensors, 17 ms instead of 158 ms a step for "small" (measured here)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    batch = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
+    x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
+    weight = mcfg.nitp_weight or 1.0
+
+    def compute_loss(x, y, nitp: bool):
+        out = model(x, layers=(cfg.target_layer,))
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
+        if mcfg.n_routed_experts:
+            loss = loss + mcfg.balance_coef * out.balance_loss
+        if nitp:
+            loss = loss + weight * nitp_loss(projector(out.final_hidden), out.layers[cfg.target_layer])
+        return loss
+
+    loss_fn = torch.compile(compute_loss) if cfg.compile else compute_loss  # one graph per value of `nitp`
+
+    def step(nitp):
+        with autocast:
+            loss = loss_fn(x, y, nitp)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return {"ntp": lambda: step(False), "nitp": lambda: step(True)}
+
+
+def moe_and_dense_layers(cfg, device, autocast):
+    """({"moe": pass, "dense": pass}, description, MoE dispatch path): forward + backward of the MoE block of
+    cfg.moe_preset and of a SwiGLU with its active expert FLOPs (the router's d x E is the MoE's only extra),
+    weights N(0, init_std^2), on layer_tokens random tokens. Tokens per expert set the MoE's matmul sizes:
+    on CPU, small-moe ran at 0.56x / 0.69x / 0.79x the dense throughput at 512 / 1024 / 2048 tokens."""
+    moe_cfg = model_lib.get_preset(cfg.moe_preset)
+    active = moe_cfg.top_k + moe_cfg.n_shared_experts
+    torch.manual_seed(0)
+    layers = {"moe": model_lib.MoE(moe_cfg), "dense": model_lib.SwiGLU(moe_cfg.d_model, active * moe_cfg.d_expert)}
+    x = torch.randn(cfg.layer_tokens, moe_cfg.d_model, device=device, requires_grad=True)  # (N, d)
+    grad_out = torch.randn_like(x)
+    with autocast:
+        grouped = layers["moe"].to(device).grouped_mm_ok(x)
+    compile = cfg.compile and grouped  # the loop path recompiles on every new split (see resolve): both eager
+    runs = {}
+    for name, layer in layers.items():
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.normal_(0.0, moe_cfg.init_std)
+        fn = torch.compile(layer.to(device)) if compile else layer.to(device)
+
+        def forward_backward(layer=layer, fn=fn):
+            with autocast:
+                out = fn(x)  # MoE: (out, balance loss, load)
+            (out[0] if isinstance(out, tuple) else out).backward(grad_out)
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+
+        runs[name] = forward_backward
+    path = ("grouped_mm" if grouped else "loop") + (", compiled" if compile else ", eager")
+    about = (f"{cfg.moe_preset}: {moe_cfg.n_routed_experts} experts top-{moe_cfg.top_k} + "
+             f"{moe_cfg.n_shared_experts} shared, d {moe_cfg.d_model}, d_expert {moe_cfg.d_expert}; "
+             f"dense hidden {active * moe_cfg.d_expert}")
+    return runs, about, path
+
+
+# ---------------------------------------------------------------------------- the benchmark
+def run_benchmark(cfg: BenchConfig) -> dict:
+    """Measure as configured -> the dict that --json prints."""
+    cfg, mcfg = resolve(cfg)
+    device = torch.device(cfg.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_flush_denormal(True)  # denormals made CPU steps 5-20x slower (ENVIRONMENT.md)
+        tune_cpu_allocator()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    with cpu_threads(0 if cuda else cfg.threads):
+        threads = torch.get_num_threads()
+        times, peaks = time_interleaved(training_steps(cfg, mcfg, device, autocast), cfg.rounds, cfg.warmup,
+                                        device, "training steps")
+        layer_runs, moe_about, moe_path = moe_and_dense_layers(cfg, device, autocast)
+        layer_times, _ = time_interleaved(layer_runs, cfg.rounds, cfg.warmup, device, "MoE vs dense layer")
+
+    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden)
+    paper = model_lib.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden, paper_mode=True)
+    big = model_lib.get_preset("9bA1b")
+    big_paper, big_full = (model_lib.flops_per_token(big, 8192, 4 * big.d_model, paper_mode=mode)["nitp_ratio"]
+                           for mode in (True, False))
+    ntp_s, nitp_s = (statistics.median(times[name]) for name in ("ntp", "nitp"))
+    # the overhead is the median of the per-round ratios: the machine's load comes in spells (steps of 770 ms,
+    # then 1,000 ms for a while, here) that hit both steps of a round alike but not both medians
+    ratios = [b / a for a, b in zip(times["ntp"], times["nitp"])]
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    tokens, peak = cfg.batch_size * cfg.seq_len, cfg.peak_flops or model_lib.peak_bf16_flops(device)
+    moe_tps, dense_tps = (cfg.layer_tokens / statistics.median(layer_times[name]) for name in ("moe", "dense"))
+    r = {"preset": cfg.preset, "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": cfg.dtype,
+         "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "rounds": cfg.rounds, "compile": cfg.compile,
+         "threads": threads, "target_layer": cfg.target_layer, "clock": "wall" if cuda else "process CPU time",
+         "ntp_step_ms": 1e3 * ntp_s, "nitp_step_ms": 1e3 * nitp_s,
+         "overhead_measured": quartiles[1] - 1, "overhead_of_medians": nitp_s / ntp_s - 1,
+         "overhead_round_iqr": [quartiles[0] - 1, quartiles[2] - 1],  # quartiles of the per-round nitp/ntp - 1
+         "overhead_flops": flops["nitp_ratio"],  # the floor, full count: attention scores, router, dense block
+         "overhead_flops_paper": paper["nitp_ratio"],
+         "overhead_flops_9bA1b_paper": big_paper, "overhead_flops_9bA1b_full": big_full,
+         "flops_per_token_ntp": flops["ntp"], "flops_per_token_nitp_extra": flops["nitp_extra"],
+         "ntp_tokens_per_s": tokens / ntp_s, "nitp_tokens_per_s": tokens / nitp_s,
+         "peak_mem_ntp_gib": peaks["ntp"] / 2**30 if cuda else None,
+         "peak_mem_nitp_gib": peaks["nitp"] / 2**30 if cuda else None,
+         # KiB on Linux; for the whole process: both objectives, the layers and anything before
+         "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_flops": peak,
+         "mfu_ntp": tokens / ntp_s * flops["ntp"] / peak if cuda and peak else None,
+         "mfu_nitp": tokens / nitp_s * (flops["ntp"] + flops["nitp_extra"]) / peak if cuda and peak else None,
+         "moe_layer": moe_about, "moe_path": moe_path, "layer_tokens": cfg.layer_tokens,
+         "moe_tokens_per_s": moe_tps, "dense_tokens_per_s": dense_tps, "moe_vs_dense": moe_tps / dense_tps}
+    moe_floor = 0.7 if cuda else 0.5  # the issue's targets; MFU's is for H100 + gpt2-124m + bf16 + compile only
+    mfu_case = r["mfu_ntp"] is not None and "H100" in r["device"] and cfg.preset == "gpt2-124m" and cfg.compile
+    r["targets"] = {"overhead_within_1pt": abs(r["overhead_measured"] - r["overhead_flops"]) <= 0.01,
+                    f"moe_vs_dense_at_least_{moe_floor}": r["moe_vs_dense"] >= moe_floor,
+                    "mfu_at_least_0.45": r["mfu_ntp"] >= 0.45 if mfu_case and cfg.dtype == "bfloat16" else None}
+    return r
+
+
+def format_table(r: dict) -> str:
+    def pct(x):
+        return f"{100 * x:+.2f}%"
+
+    def cell(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    low, high = r["overhead_round_iqr"]
+    rows = [("step time (ms, median)", "ntp_step_ms", "nitp_step_ms", ".1f"),
+            ("tokens/s", "ntp_tokens_per_s", "nitp_tokens_per_s", ",.0f"),
+            ("peak memory (GiB, CUDA)", "peak_mem_ntp_gib", "peak_mem_nitp_gib", ".2f"),
+            ("MFU (CUDA)", "mfu_ntp", "mfu_nitp", ".1%")]
+    lines = [f"bench: {r['preset']} on {r['device']} ({r['dtype']}, {r['threads']} thread(s), compile "
+             f"{r['compile']}), batch {r['batch_size']} x {r['seq_len']}, {r['rounds']} interleaved rounds, "
+             f"clock: {r['clock']}", f"{'':26}{'NTP':>12}{'NITP':>12}"]
+    lines += [f"{name:26}{cell(r[a], spec):>12}{cell(r[b], spec):>12}" for name, a, b, spec in rows]
+    lines += [
+        f"max RSS {r['max_rss_gib']:.2f} GiB (the whole process)",
+        f"NITP overhead: measured {pct(r['overhead_measured'])} (median of per-round ratios, IQR {pct(low)} .. "
+        f"{pct(high)}; of the medians {pct(r['overhead_of_medians'])}); "
+        f"FLOPs floor {pct(r['overhead_flops'])} (full count), {pct(r['overhead_flops_paper'])} (paper mode)",
+        f"9bA1b FLOPs overhead: {pct(r['overhead_flops_9bA1b_paper'])} paper mode (spec: ~2.3%), "
+        f"{pct(r['overhead_flops_9bA1b_full'])} full count at T=8192 (the paper measured +1.8% wall clock)",
+        f"MoE layer ({r['moe_layer']}; {r['moe_path']}, {r['layer_tokens']} tokens, fwd+bwd): "
+        f"{r['moe_tokens_per_s']:,.0f} vs dense {r['dense_tokens_per_s']:,.0f} tokens/s = {r['moe_vs_dense']:.2f}x",
+        "targets: " + ", ".join(f"{k} {'n/a' if v is None else 'met' if v else 'MISSED'}"
+                                for k, v in r["targets"].items())]
+    if r["mfu_ntp"] is not None:
+        lines.append(f"MFU = tokens/s x flops_per_token (full count; causal attention scores at T/2 keys, where "
+                     f"nanoGPT counts T) / {r['peak_flops'] / 1e12:.0f} TFLOP/s (bf16 dense peak)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    try:
+        result = run_benchmark(cfg := parse_config(argv))
+    except ValueError as err:  # a bad flag or value; the message names it and the fix
+        print(f"bench.py: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if cfg.json else format_table(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

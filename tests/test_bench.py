@@ -1,0 +1,128 @@
+"""Tests for bench.py: `--json` prints one object with the documented fields and sane values, the FLOPs
+figures are model.flops_per_token's, the config and its errors, the interleaving order, that an NTP step
+does no NITP work and a NITP step does, and the GPU peak table. Tiny presets, a few rounds: the timings
+themselves are noise here, so only their signs and their consistency with each other are checked."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import bench
+import model as model_lib
+
+TINY = ["--device=cpu", "--rounds=3", "--warmup=1", "--layer_tokens=128"]
+
+
+def run_json(capsys, *flags):
+    assert bench.main([*TINY, *flags, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object (progress is on stderr)
+
+
+def test_json_fields_and_values(capsys):
+    r = run_json(capsys, "--preset=tiny-dense", "--moe_preset=tiny-moe")
+    cfg = model_lib.get_preset("tiny-dense")
+    assert (r["preset"], r["device"], r["dtype"]) == ("tiny-dense", "cpu", "float32")
+    assert (r["batch_size"], r["seq_len"]) == (2, 64)  # the CPU default batch; tiny's block_size caps seq_len
+    assert r["ntp_step_ms"] > 0 and r["nitp_step_ms"] > 0
+    assert math.isclose(r["ntp_tokens_per_s"], 2 * 64 / (r["ntp_step_ms"] / 1e3), rel_tol=1e-9)
+    low, high = r["overhead_round_iqr"]
+    assert low <= r["overhead_measured"] <= high  # the median of the per-round ratios lies between their quartiles
+    assert math.isclose(r["overhead_of_medians"], r["nitp_step_ms"] / r["ntp_step_ms"] - 1, rel_tol=1e-9)
+    # the FLOPs figures are the accounting's (4 * d projector, the default), not a second formula
+    full = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model)
+    paper = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model, paper_mode=True)
+    assert r["overhead_flops"] == full["nitp_ratio"] and r["overhead_flops_paper"] == paper["nitp_ratio"]
+    assert r["flops_per_token_ntp"] == full["ntp"] and r["flops_per_token_nitp_extra"] == full["nitp_extra"]
+    assert abs(r["overhead_flops_9bA1b_paper"] - 0.023) < 0.001  # the paper's ~2.3% (NITP_SPEC section 6)
+    assert 0 < r["overhead_flops_9bA1b_full"] < r["overhead_flops_9bA1b_paper"]  # + attention scores, dense block
+    assert r["moe_layer"].startswith("tiny-moe") and r["moe_path"] == "loop, eager"
+    assert r["moe_tokens_per_s"] > 0 and r["dense_tokens_per_s"] > 0
+    assert math.isclose(r["moe_vs_dense"], r["moe_tokens_per_s"] / r["dense_tokens_per_s"], rel_tol=1e-9)
+    assert r["max_rss_gib"] > 0.01  # torch alone is > 100 MB: a unit error (bytes vs KiB) would show
+    assert r["mfu_ntp"] is None and r["peak_mem_ntp_gib"] is None  # CUDA only
+    assert set(r["targets"]) == {"overhead_within_1pt", "moe_vs_dense_at_least_0.5", "mfu_at_least_0.45"}
+    assert r["targets"]["mfu_at_least_0.45"] is None
+    assert r["threads"] == 1  # the default: one CPU thread (see bench.cpu_threads)
+    assert r["clock"] == "process CPU time"
+
+
+def test_moe_preset_table_and_threads_restored():
+    threads = torch.get_num_threads()
+    r = bench.run_benchmark(bench.parse_config([*TINY, "--preset=tiny-moe", "--threads=1"]))
+    assert torch.get_num_threads() == threads
+    assert r["moe_layer"].startswith("tiny-moe")  # an MoE preset compares its own block
+    table = bench.format_table(r)
+    for text in ("NTP", "NITP", "step time", "FLOPs floor", "9bA1b", "MoE layer", "targets:"):
+        assert text in table
+
+
+def test_resolve_defaults_and_errors():
+    cfg, mcfg = bench.resolve(bench.BenchConfig(device="cpu"))
+    assert (cfg.dtype, cfg.batch_size, cfg.seq_len, cfg.layer_tokens) == ("float32", 2, 256, 2048)
+    assert cfg.target_layer == mcfg.nitp_target_layer == 1 and cfg.projector_hidden == 4 * mcfg.d_model
+    assert cfg.moe_preset == "small-moe"  # "small" is dense
+    cfg, _ = bench.resolve(bench.BenchConfig(preset="tiny-dense", device="cpu", target_layer=0, seq_len=8))
+    assert (cfg.target_layer, cfg.seq_len) == (0, 8)  # explicit values win, 0 included
+    for bad, match in [(dict(moe_preset="tiny-dense"), "no MoE block"), (dict(seq_len=10_000), "block_size"),
+                       (dict(target_layer=99), "target_layer"), (dict(dtype="fp8"), "dtype"),
+                       (dict(rounds=0), "positive"), (dict(preset="nope"), "unknown preset"),
+                       (dict(preset="tiny-moe", compile=True), "needs CUDA and bfloat16")]:
+        with pytest.raises(ValueError, match=match):
+            bench.resolve(bench.BenchConfig(device="cpu", **bad))
+
+
+def test_cli_parsing_and_unknown_flag(capsys):
+    cfg = bench.parse_config(["--compile", "--rounds=7", "--target_layer=none", "--peak_flops=1e15", "--json=0"])
+    assert (cfg.compile, cfg.rounds, cfg.target_layer, cfg.peak_flops, cfg.json) == (True, 7, None, 1e15, False)
+    assert bench.main(["--bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "'--bogus=1'" in err and "rounds" in err and "preset" in err  # names the flag and the known keys
+    for argv, match in [(["--rounds=abc"], "expects int"), (["--compile=maybe"], "expects bool"),
+                        (["rounds=3"], "unknown option")]:
+        with pytest.raises(ValueError, match=match):
+            bench.parse_config(argv)
+
+
+def test_interleaving_order():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times, _ = bench.time_interleaved(runs, rounds=3, warmup=1, device=torch.device("cpu"), label="test")
+    assert "".join(calls) == "abbaabba"  # the order flips every round, warm-up included
+    assert len(times["a"]) == len(times["b"]) == 3  # warm-up rounds are not timed
+
+
+def test_ntp_step_skips_nitp_and_nitp_step_trains_the_projector(monkeypatch):
+    cfg, mcfg = bench.resolve(bench.BenchConfig(preset="tiny-dense", device="cpu", seq_len=8))
+    seen = []
+    real = bench.nitp_loss
+
+    def spy(pred, target, **kwargs):
+        seen.append((pred.requires_grad, target.shape))
+        return real(pred, target, **kwargs)
+
+    monkeypatch.setattr(bench, "nitp_loss", spy)
+    steps = bench.training_steps(cfg, mcfg, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    steps["ntp"]()
+    assert seen == []
+    steps["nitp"]()
+    assert seen == [(True, (2, 8, mcfg.d_model))]  # the projector's output (with grad) vs the target layer
+
+
+def test_peak_bf16_flops(monkeypatch):
+    assert model_lib.peak_bf16_flops("cpu") is None
+    for name, peak in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+                       ("NVIDIA A100-SXM4-40GB", 312e12), ("Some Future GPU", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert model_lib.peak_bf16_flops("cuda") == peak  # the longest matching key wins (PCIe before H100)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_grouped_mm_and_mfu(capsys):
+    r = run_json(capsys, "--preset=tiny-moe", "--device=cuda", "--seq_len=64")
+    assert r["dtype"] == "bfloat16" and r["clock"] == "wall" and r["moe_path"] == "grouped_mm, eager"
+    assert r["peak_mem_ntp_gib"] > 0 and r["peak_mem_nitp_gib"] > 0
+    if r["peak_flops"]:
+        assert 0 < r["mfu_ntp"] < 1
