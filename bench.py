@@ -16,14 +16,13 @@ gives (model.flops_per_token); a good implementation sits on it. On the device a
     FLOPs (hidden width (top_k + n_shared) * d_expert), forward + backward, tokens/s;
   * the FLOPs overhead in the spec's paper mode, for the preset and for 9bA1b (the paper says ~2.3%).
 Every BenchConfig field is a `--field=value` flag. The step is built here from model.GPT, nitp_loss and
-torch.optim.AdamW, the pieces train.py uses (nothing imports train.py). Nothing runs at import.
+torch.optim.AdamW, the pieces train.py uses; from train.py it takes only the CPU malloc tuning. Nothing runs
+at import.
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import json
-import os
 import resource
 import statistics
 import sys
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 import model as model_lib
 from nitp_loss import NITPHead, nitp_loss
+from train import tune_cpu_malloc
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -119,16 +119,6 @@ def resolve(cfg: BenchConfig):
 
 
 # ---------------------------------------------------------------------------- measuring
-def tune_cpu_allocator():
-    """ENVIRONMENT.md's malloc trap: glibc returns big freed blocks to the OS and page-faults them back every
-    step (40% of a CPU step). train.py sets the same mallopt knobs; skipped if MALLOC_* env vars were given."""
-    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        with contextlib.suppress(OSError):
-            libc = ctypes.CDLL("libc.so.6")
-            for knob, value in ((-3, 2**31 - 1), (-1, 2**31 - 1), (-2, 2**30)):  # M_MMAP_/M_TRIM_THRESHOLD, TOP_PAD
-                libc.mallopt(knob, value)
-
-
 @contextlib.contextmanager
 def cpu_threads(n):
     """torch's intra-op threads set to n (0: left alone) inside the block. One by default: on a machine shared
@@ -251,7 +241,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     else:
         torch.set_flush_denormal(True)  # denormals made CPU steps 5-20x slower (ENVIRONMENT.md)
-        tune_cpu_allocator()
+        tune_cpu_malloc()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     with cpu_threads(0 if cuda else cfg.threads):
         threads = torch.get_num_threads()
