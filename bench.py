@@ -16,8 +16,8 @@ gives (model.flops_per_token); a good implementation sits on it. On the device a
     FLOPs (hidden width (top_k + n_shared) * d_expert), forward + backward, tokens/s;
   * the FLOPs overhead in the spec's paper mode, for the preset and for 9bA1b (the paper says ~2.3%).
 Every BenchConfig field is a `--field=value` flag. The step is built here from model.GPT, nitp_loss and
-torch.optim.AdamW, the pieces train.py uses; from train.py it takes only the CPU malloc tuning. Nothing runs
-at import.
+torch.optim.AdamW, the pieces train.py uses; from train.py it takes the flag parsing and the CPU malloc
+tuning. Nothing runs at import.
 """
 
 import contextlib
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 import model as model_lib
 from nitp_loss import NITPHead, nitp_loss
-from train import tune_cpu_malloc
+from train import coerce_value, tune_cpu_malloc
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -70,19 +70,8 @@ def parse_config(argv=None) -> BenchConfig:
         key, has_value, text = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or key not in hints:
             raise ValueError(f"unknown option {arg!r}; bench.py takes --key=value with key in: {', '.join(hints)}")
-        values[key] = parse_value(key, text if has_value else "true", hints[key])
+        values[key] = coerce_value(key, text if has_value else "true", hints[key], from_cli=True)
     return BenchConfig(**values)
-
-
-def parse_value(key, text, hint):
-    """`text` as field `key` of type `hint`: bool (true/false/1/0), int, float, str, or one of them | None."""
-    kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-    if kind is not hint and text.lower() == "none":
-        return None
-    try:
-        return {"true": True, "1": True, "false": False, "0": False}[text.lower()] if kind is bool else kind(text)
-    except (KeyError, ValueError):
-        raise ValueError(f"--{key} expects {kind.__name__}, got {text!r}") from None
 
 
 def resolve(cfg: BenchConfig):

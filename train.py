@@ -93,7 +93,7 @@ RESUME_MUST_MATCH = ("objective", "projector", "projector_hidden", "target_layer
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
 
-def _coerce(key, value, hint, from_cli):
+def coerce_value(key, value, hint, from_cli):
     """`value` as field `key` of type `hint` (int, float, bool, str or X | None); ValueError naming both."""
     args = typing.get_args(hint)
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
@@ -138,9 +138,9 @@ def parse_config(argv=None) -> TrainConfig:
             for k, v in value.items():
                 put(k, v, from_cli)
         elif key in train_hints and key != "model_overrides":
-            settings[key] = _coerce(key, value, train_hints[key], from_cli)
+            settings[key] = coerce_value(key, value, train_hints[key], from_cli)
         elif key in model_hints:
-            overrides[key] = _coerce(key, value, model_hints[key], from_cli)
+            overrides[key] = coerce_value(key, value, model_hints[key], from_cli)
         else:
             raise ValueError(f"unknown config key {key!r}: not a TrainConfig or GPTConfig field (see --help)")
 

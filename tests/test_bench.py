@@ -79,7 +79,7 @@ def test_cli_parsing_and_unknown_flag(capsys):
     assert bench.main(["--bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "'--bogus=1'" in err and "rounds" in err and "preset" in err  # names the flag and the known keys
-    for argv, match in [(["--rounds=abc"], "expects int"), (["--compile=maybe"], "expects bool"),
+    for argv, match in [(["--rounds=abc"], "expects int"), (["--compile=maybe"], "expects a bool"),
                         (["rounds=3"], "unknown option")]:
         with pytest.raises(ValueError, match=match):
             bench.parse_config(argv)
