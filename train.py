@@ -60,7 +60,7 @@ class TrainConfig:
     mask_doc_boundary: bool = False         # drop pairs that cross an <|endoftext|> (see pair_valid_mask)
     # optimisation (paper: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, WSD with the last 20% decaying)
     max_steps: int = 250                    # the main job's budget: ~7 min per run on 2 CPU cores (README)
-    batch_size: int = 8                     # sequences per micro-batch per process
+    batch_size: int | None = None           # sequences per micro-batch per process; None: no accumulation
     seq_len: int = 256
     global_batch_tokens: int = 2048         # tokens per optimizer step over all processes -> grad accumulation
     lr: float = 1.5e-3
@@ -185,7 +185,8 @@ def resolve_config(cfg: TrainConfig):
         (cfg.schedule in SCHEDULES, f"schedule={cfg.schedule!r}; use one of {SCHEDULES}"),
         (cfg.seq_len <= mcfg.block_size, f"seq_len={cfg.seq_len} exceeds the model's block_size={mcfg.block_size}; "
                                          "lower --seq_len or raise --block_size"),
-        (min(cfg.max_steps, cfg.batch_size, cfg.seq_len, cfg.global_batch_tokens, cfg.log_interval) > 0,
+        (min(cfg.max_steps, cfg.seq_len, cfg.global_batch_tokens, cfg.log_interval) > 0
+         and (cfg.batch_size is None or cfg.batch_size > 0),
          "max_steps, batch_size, seq_len, global_batch_tokens and log_interval must be positive"),
         (0 <= cfg.shift < cfg.seq_len, f"shift={cfg.shift} must be in [0, seq_len={cfg.seq_len})"),
         (0 <= cfg.decay_frac <= 1 and 0 <= cfg.min_lr_frac <= 1, "decay_frac and min_lr_frac must be in [0, 1]"),
@@ -422,6 +423,8 @@ class TrainResult:
 
 def build_run(cfg, mcfg, rt):
     """Data, model, projector, optimizer and (with --resume) their saved state -> the run namespace."""
+    if cfg.batch_size is None:  # the global batch in one micro-step per process: 8 x 256 alone, 4 x 256 on 2
+        cfg = dataclasses.replace(cfg, batch_size=max(1, cfg.global_batch_tokens // (cfg.seq_len * rt.world)))
     micro_tokens = cfg.batch_size * cfg.seq_len
     if cfg.global_batch_tokens % (micro_tokens * rt.world):
         raise ValueError(f"global_batch_tokens={cfg.global_batch_tokens} is not a multiple of batch_size * seq_len * "

@@ -214,10 +214,11 @@ def test_losses_are_normalised_by_the_global_pair_count(tmp_path, data_dir):
 def test_two_process_ddp_matches_one_process(tmp_path, data_dir):
     """torchrun with 2 gloo processes (1 micro-batch each) vs 1 process accumulating the same 2 micro-batches:
     the same global batch, so the same weights up to float32 rounding (torchrun runs 1 thread per process,
-    so matmuls reduce in a different order; 2e-5 relative allows that after 4 steps)."""
+    so matmuls reduce in a different order; 2e-5 relative allows that after 4 steps). The DDP run leaves
+    batch_size at its default, which must split the global batch over the processes: 64 / (16 x 2) = 2."""
     fields = dict(objective="nitp", max_steps=4, mask_doc_boundary=True, global_batch_tokens=64, batch_size=2)
     single = train.train(tiny_config(tmp_path / "single", data_dir, **fields))
-    cfg = tiny_config(tmp_path / "ddp", data_dir, **fields)
+    cfg = tiny_config(tmp_path / "ddp", data_dir, **{**fields, "batch_size": None})
     args = [f"--{k}={v}" for k, v in vars(cfg).items() if k != "model_overrides" and v is not None]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -229,6 +230,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, data_dir):
         torch.testing.assert_close(ckpt["model"][name], value, rtol=2e-5, atol=1e-6, msg=name)
     ddp_log, single_log = read_log(tmp_path / "ddp"), read_log(tmp_path / "single")
     assert ddp_log[0]["grad_accum"] == 1 and single_log[0]["grad_accum"] == 2
+    assert ddp_log[0]["train_config"]["batch_size"] == single_log[0]["train_config"]["batch_size"] == 2
     assert ddp_log[1]["loss_nitp"] == pytest.approx(single_log[1]["loss_nitp"], rel=1e-5)
 
 
@@ -304,7 +306,7 @@ def test_preset_defaults_and_validation():
         train.resolve_config(train.TrainConfig(preset="tiny-dense", target_layer=99, seq_len=8))
     for fields, match in [(dict(objective="mtp"), "objective"), (dict(projector="mlp"), "projector"),
                           (dict(attach="middle"), "attach"), (dict(loss_type="l1"), "loss_type"),
-                          (dict(seq_len=10**6), "block_size")]:
+                          (dict(seq_len=10**6), "block_size"), (dict(batch_size=0), "must be positive")]:
         with pytest.raises(ValueError, match=match):
             train.resolve_config(train.TrainConfig(preset="tiny-dense", **{"seq_len": 8, **fields}))
 
