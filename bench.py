@@ -11,6 +11,7 @@ gives (model.flops_per_token); a good implementation sits on it. On the device a
     (NTP NITP, NITP NTP, ...: the order flips every round so drift hits both alike): median step times, the
     overhead (median over rounds of NITP / NTP - 1) and the FLOPs overhead. Machines are shared and noisy:
     the ratio is the result; absolute times mean something only on a GPU;
+  * NITP's two pieces (projector, loss) alone, forward + backward: where the overhead goes;
   * tokens/s, peak memory (CUDA: per objective; CPU: the process's max RSS), MFU on CUDA;
   * an MoE block (the preset's, or small-moe's for a dense preset) against a dense SwiGLU of the same active
     FLOPs (hidden width (top_k + n_shared) * d_expert), forward + backward, tokens/s;
@@ -183,6 +184,24 @@ def training_steps(cfg, mcfg, device, autocast):
     return {"ntp": lambda: step(False), "nitp": lambda: step(True)}
 
 
+def nitp_parts(cfg, mcfg, device, autocast):
+    """{"projector": pass, "nitp_loss": pass}: forward + backward of NITP's two extra pieces alone, on random
+    (batch, seq_len, d) states, to show where the overhead goes (together they should be the whole of it)."""
+    torch.manual_seed(0)
+    projector = NITPHead(mcfg.d_model, cfg.projector_hidden, init_std=mcfg.init_std).to(device)
+    hidden = torch.randn(cfg.batch_size, cfg.seq_len, mcfg.d_model, device=device, requires_grad=True)  # (B, T, d)
+    target = torch.randn_like(hidden).detach()
+
+    def run(part):
+        with autocast:
+            out = projector(hidden) if part == "projector" else nitp_loss(hidden, target)
+        (out.float().sum() if part == "projector" else out).backward()
+        projector.zero_grad(set_to_none=True)
+        hidden.grad = None
+
+    return {"projector": lambda: run("projector"), "nitp_loss": lambda: run("nitp_loss")}
+
+
 def moe_and_dense_layers(cfg, device, autocast):
     """({"moe": pass, "dense": pass}, description, MoE dispatch path): forward + backward of the MoE block of
     cfg.moe_preset and of a SwiGLU with its active expert FLOPs (the router's d x E is the MoE's only extra),
@@ -236,6 +255,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         threads = torch.get_num_threads()
         times, peaks = time_interleaved(training_steps(cfg, mcfg, device, autocast), cfg.rounds, cfg.warmup,
                                         device, "training steps")
+        part_times, _ = time_interleaved(nitp_parts(cfg, mcfg, device, autocast), cfg.rounds, cfg.warmup, device,
+                                         "NITP's parts alone")
         layer_runs, moe_about, moe_path = moe_and_dense_layers(cfg, device, autocast)
         layer_times, _ = time_interleaved(layer_runs, cfg.rounds, cfg.warmup, device, "MoE vs dense layer")
 
@@ -261,6 +282,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
          "overhead_flops_paper": paper["nitp_ratio"],
          "overhead_flops_9bA1b_paper": big_paper, "overhead_flops_9bA1b_full": big_full,
          "flops_per_token_ntp": flops["ntp"], "flops_per_token_nitp_extra": flops["nitp_extra"],
+         "projector_ms": 1e3 * statistics.median(part_times["projector"]),  # fwd + bwd, alone
+         "nitp_loss_ms": 1e3 * statistics.median(part_times["nitp_loss"]),
          "ntp_tokens_per_s": tokens / ntp_s, "nitp_tokens_per_s": tokens / nitp_s,
          "peak_mem_ntp_gib": peaks["ntp"] / 2**30 if cuda else None,
          "peak_mem_nitp_gib": peaks["nitp"] / 2**30 if cuda else None,
@@ -299,6 +322,8 @@ def format_table(r: dict) -> str:
         f"NITP overhead: measured {pct(r['overhead_measured'])} (median of per-round ratios, IQR {pct(low)} .. "
         f"{pct(high)}; of the medians {pct(r['overhead_of_medians'])}); "
         f"FLOPs floor {pct(r['overhead_flops'])} (full count), {pct(r['overhead_flops_paper'])} (paper mode)",
+        f"NITP's parts alone (fwd+bwd): projector {r['projector_ms']:.1f} ms, loss {r['nitp_loss_ms']:.1f} ms = "
+        f"{pct((r['projector_ms'] + r['nitp_loss_ms']) / r['ntp_step_ms'])} of the NTP step",
         f"9bA1b FLOPs overhead: {pct(r['overhead_flops_9bA1b_paper'])} paper mode (spec: ~2.3%), "
         f"{pct(r['overhead_flops_9bA1b_full'])} full count at T=8192 (the paper measured +1.8% wall clock)",
         f"MoE layer ({r['moe_layer']}; {r['moe_path']}, {r['layer_tokens']} tokens, fwd+bwd): "
