@@ -190,16 +190,22 @@ def nitp_parts(cfg, mcfg, device, autocast):
     torch.manual_seed(0)
     projector = NITPHead(mcfg.d_model, cfg.projector_hidden, init_std=mcfg.init_std).to(device)
     hidden = torch.randn(cfg.batch_size, cfg.seq_len, mcfg.d_model, device=device, requires_grad=True)  # (B, T, d)
-    target = torch.randn_like(hidden).detach()
+    target = torch.randn_like(hidden)  # (B, T, d), no grad: the loss's stop-gradient target
 
-    def run(part):
+    def projector_pass():
         with autocast:
-            out = projector(hidden) if part == "projector" else nitp_loss(hidden, target)
-        (out.float().sum() if part == "projector" else out).backward()
+            out = projector(hidden)
+        out.float().sum().backward()
         projector.zero_grad(set_to_none=True)
         hidden.grad = None
 
-    return {"projector": lambda: run("projector"), "nitp_loss": lambda: run("nitp_loss")}
+    def loss_pass():
+        with autocast:
+            loss = nitp_loss(hidden, target)
+        loss.backward()
+        hidden.grad = None
+
+    return {"projector": projector_pass, "nitp_loss": loss_pass}
 
 
 def moe_and_dense_layers(cfg, device, autocast):
