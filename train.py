@@ -202,7 +202,8 @@ def tune_cpu_malloc():
     step, ENVIRONMENT.md). The MALLOC_*_ env vars that fix it are read only at process start, but mallopt()
     sets the same knobs at run time, with no re-exec. mallopt takes a C int: -1 becomes SIZE_MAX (never mmap,
     never trim), which measured the same as the env vars here (1,360 tok/s vs 970 untuned); 2**31 - 1 did not
-    (1,150: the 400 MB logits still crossed it). A no-op off glibc or if the user already chose."""
+    (1,150 tok/s and twice the page faults: a step frees several 400 MB logits-sized buffers, likely more than
+    2 GiB at once). A no-op off glibc or if the user already chose."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
         return  # the user chose at process start (env vars, or tcmalloc via LD_PRELOAD): leave it alone
     try:
