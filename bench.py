@@ -80,10 +80,9 @@ def resolve(cfg: BenchConfig):
     mcfg = model_lib.get_preset(cfg.preset)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     cuda = device.startswith("cuda")
-    target = mcfg.nitp_target_layer
     defaults = dict(dtype="bfloat16" if cuda else "float32", batch_size=16 if cuda else 2,
                     seq_len=min(mcfg.block_size, 1024 if cuda else 256), projector_hidden=4 * mcfg.d_model,
-                    target_layer=round(0.2 * mcfg.n_layer) if target is None else target,
+                    target_layer=mcfg.default_target_layer,
                     moe_preset=cfg.preset if mcfg.n_routed_experts else "small-moe",
                     layer_tokens=16384 if cuda else 2048)
     cfg = dataclasses.replace(cfg, device=device, **{key: value for key, value in defaults.items()

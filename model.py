@@ -95,6 +95,11 @@ class GPTConfig:
     def head_size(self) -> int:
         return self.d_model // self.n_head if self.head_dim is None else self.head_dim
 
+    @property
+    def default_target_layer(self) -> int:
+        """NITP's target block when none is given: the paper's for this model, else round(0.2 * n_layer)."""
+        return round(0.2 * self.n_layer) if self.nitp_target_layer is None else self.nitp_target_layer
+
     def is_moe_block(self, i: int) -> bool:
         return self.n_routed_experts > 0 and i >= self.n_dense_layers
 

@@ -170,9 +170,7 @@ def resolve_config(cfg: TrainConfig):
     if "n_layer" in overrides and "nitp_target_layer" not in overrides:
         overrides["nitp_target_layer"] = None  # the preset's target layer was chosen for the preset's depth
     mcfg = dataclasses.replace(model_lib.get_preset(cfg.preset), **overrides)
-    target = cfg.target_layer
-    if target is None:
-        target = mcfg.nitp_target_layer if mcfg.nitp_target_layer is not None else round(0.2 * mcfg.n_layer)
+    target = mcfg.default_target_layer if cfg.target_layer is None else cfg.target_layer
     weight = next(w for w in (cfg.nitp_weight, mcfg.nitp_weight, 1.0) if w is not None)
     cfg = dataclasses.replace(cfg, target_layer=target, nitp_weight=weight)
     for ok, message in [
