@@ -554,6 +554,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         run = build_run(cfg, mcfg, rt)
         with graceful_stop() as stop:
             history = training_loop(run, stop)
+        if rt.world > 1:  # rank 0 may still be saving; a rank that tore gloo down early died with SIGABRT
+            dist.barrier()
         return TrainResult(run.raw_model, run.projector, cfg.out_dir, run.step, history)
     finally:
         if rt.started_dist:
