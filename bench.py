@@ -1,4 +1,4 @@
-"""bench.py: what NITP costs on this machine, measured against its FLOPs floor (NITP_SPEC section 6).
+"""bench.py: what NITP costs on this machine, measured against its FLOPs floor (docs/method.md, "FLOPs accounting").
 
     python bench.py                                       # "small" preset on CPU (fp32), about a minute: a table
     python bench.py --json                                # the same, as one JSON object on stdout
@@ -16,9 +16,9 @@ gives (model.flops_per_token); a good implementation sits on it. On the device a
   * an MoE block (the preset's, or small-moe's for a dense preset) against a dense SwiGLU of the same active
     FLOPs (hidden width (top_k + n_shared) * d_expert), forward + backward, tokens/s;
   * the FLOPs overhead in the spec's paper mode, for the preset and for 9bA1b (the paper says ~2.3%).
-Every BenchConfig field is a `--field=value` flag. The step is built here from model.GPT, nitp_loss and
-torch.optim.AdamW, the pieces train.py uses; from train.py it takes the flag parsing and the CPU malloc
-tuning. Nothing runs at import.
+Every BenchConfig field is a `--field=value` flag. The step is built here from the pieces train.py uses
+(model.GPT, objective.forward_terms and total_loss, torch.optim.AdamW); flags, device and CPU settings come
+from runtime.py. Nothing runs at import.
 """
 
 import contextlib
@@ -28,15 +28,14 @@ import resource
 import statistics
 import sys
 import time
-import typing
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import model as model_lib
+import runtime
 from nitp_loss import NITPHead, nitp_loss
-from train import coerce_value, tune_cpu_malloc
+from objective import ObjectiveConfig, aux_pair_masks, balance_weight, forward_terms, resolve_objective, total_loss
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -62,34 +61,26 @@ class BenchConfig:
 def parse_config(argv=None) -> BenchConfig:
     """BenchConfig from `--field=value` flags (a bare `--flag` means true); an unknown field is an error."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    hints = typing.get_type_hints(BenchConfig)
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(__doc__, *(f"  --{f.name}={f.default}" for f in dataclasses.fields(BenchConfig)), sep="\n")
+    if runtime.wants_help(argv):
+        print(__doc__, *runtime.flag_help(BenchConfig), sep="\n")
         raise SystemExit(0)
-    values = {}
-    for arg in argv:
-        key, has_value, text = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or key not in hints:
-            raise ValueError(f"unknown option {arg!r}; bench.py takes --key=value with key in: {', '.join(hints)}")
-        values[key] = coerce_value(key, text if has_value else "true", hints[key], from_cli=True)
-    return BenchConfig(**values)
+    return runtime.parse_flags(argv, BenchConfig, "bench.py")
 
 
 def resolve(cfg: BenchConfig):
     """(cfg with every None / auto filled in, the preset's GPTConfig); ValueError naming a bad value."""
     mcfg = model_lib.get_preset(cfg.preset)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = str(runtime.resolve_device(cfg.device))
     cuda = device.startswith("cuda")
     defaults = dict(dtype="bfloat16" if cuda else "float32", batch_size=16 if cuda else 2,
                     seq_len=min(mcfg.block_size, 1024 if cuda else 256), projector_hidden=4 * mcfg.d_model,
-                    target_layer=mcfg.default_target_layer,
+                    target_layer=mcfg.nitp_defaults()[0],
                     moe_preset=cfg.preset if mcfg.n_routed_experts else "small-moe",
                     layer_tokens=16384 if cuda else 2048)
     cfg = dataclasses.replace(cfg, device=device, **{key: value for key, value in defaults.items()
                                                     if getattr(cfg, key) in (None, "auto")})
     for ok, message in [
         (cfg.dtype in ("float32", "bfloat16"), f"dtype={cfg.dtype!r}; use auto, float32 or bfloat16"),
-        (not cuda or torch.cuda.is_available(), f"device={device!r} but CUDA is not available; use --device=cpu"),
         (min(cfg.batch_size, cfg.seq_len, cfg.rounds, cfg.projector_hidden, cfg.layer_tokens) > 0
          and min(cfg.warmup, cfg.threads) >= 0, "batch_size, seq_len, rounds, projector_hidden and layer_tokens "
                                                 "must be positive, warmup and threads >= 0"),
@@ -159,16 +150,18 @@ def training_steps(cfg, mcfg, device, autocast):
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     batch = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
     x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
-    weight = mcfg.nitp_weight or 1.0
+    objectives = {name: resolve_objective(ObjectiveConfig(objective=name, target_layer=cfg.target_layer,
+                                                          projector_hidden=cfg.projector_hidden), mcfg)
+                  for name in ("ntp", "nitp")}
+    pair_masks = {name: aux_pair_masks(o, [x], separator=None) for name, o in objectives.items()}  # (masks, count)
 
-    def compute_loss(x, y, nitp: bool):
-        out = model(x, layers=(cfg.target_layer,))
-        loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
-        if mcfg.n_routed_experts:
-            loss = loss + mcfg.balance_coef * out.balance_loss
-        if nitp:
-            loss = loss + weight * nitp_loss(projector(out.final_hidden), out.layers[cfg.target_layer])
-        return loss
+    def compute_loss(x, y, nitp: bool):  # the training step's loss, as train.py builds it
+        name = "nitp" if nitp else "ntp"
+        (mask,), pair_count = pair_masks[name]
+        terms = forward_terms(model, projector, objectives[name], x, y, mask)
+        loss_aux = terms.aux_sum / pair_count.float() if terms.aux_sum is not None else None
+        return total_loss(terms.ce_sum / y.numel(), loss_aux, terms.balance, objectives[name].nitp_weight,
+                          balance_weight(mcfg))
 
     loss_fn = torch.compile(compute_loss) if cfg.compile else compute_loss  # one graph per value of `nitp`
 
@@ -249,12 +242,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     cfg, mcfg = resolve(cfg)
     device = torch.device(cfg.device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.set_flush_denormal(True)  # denormals made CPU steps 5-20x slower (ENVIRONMENT.md)
-        tune_cpu_malloc()
+    runtime.setup_device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     with cpu_threads(0 if cuda else cfg.threads):
         threads = torch.get_num_threads()
@@ -298,7 +286,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
          "mfu_nitp": tokens / nitp_s * (flops["ntp"] + flops["nitp_extra"]) / peak if cuda and peak else None,
          "moe_layer": moe_about, "moe_path": moe_path, "layer_tokens": cfg.layer_tokens,
          "moe_tokens_per_s": moe_tps, "dense_tokens_per_s": dense_tps, "moe_vs_dense": moe_tps / dense_tps}
-    moe_floor = 0.7 if cuda else 0.5  # the issue's targets; MFU's is for H100 + gpt2-124m + bf16 + compile only
+    moe_floor = 0.7 if cuda else 0.5  # the README's targets; MFU's is for H100 + gpt2-124m + bf16 + compile only
     mfu_case = r["mfu_ntp"] is not None and "H100" in r["device"] and cfg.preset == "gpt2-124m" and cfg.compile
     r["targets"] = {"overhead_within_1pt": abs(r["overhead_measured"] - r["overhead_flops"]) <= 0.01,
                     f"moe_vs_dense_at_least_{moe_floor}": r["moe_vs_dense"] >= moe_floor,

@@ -11,24 +11,25 @@ all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figu
 metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as
 mean ± std over seeds, and, against the first variant, whether the difference exceeds the seed spread.
 A variant is a name from VARIANTS: one row of the paper's ablation table as train.py flags.
-Imports eval.py and model.py (never train.py: it runs as its own process, as a user would run it).
+Imports eval.py and metrics.py (never train.py: it runs as its own process, as a user would run it).
 """
 
-import dataclasses
 import json
 import statistics
 import subprocess
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import eval as eval_lib
-import model as model_lib
+import metrics
+import runtime
 
 REPO = Path(__file__).resolve().parent
 
-# the paper's ablation table (NITP_SPEC section 3) as train.py flags; "deep_target" is resolved per preset
+# the paper's ablation table (docs/method.md, "Ablations and their flags") as train.py flags
 VARIANTS = {
     "ntp": {"objective": "ntp"},
     "nitp": {"objective": "nitp"},
@@ -39,13 +40,14 @@ VARIANTS = {
     "no_stopgrad": {"objective": "nitp", "stop_grad": False},
     "linear_projector": {"objective": "nitp", "projector": "linear"},
     "no_projector": {"objective": "nitp", "projector": "none"},
-    "deep_target": {"objective": "nitp", "target_layer": "n_layer - 1"},
+    "deep_target": {"objective": "nitp", "target_layer": -2},  # n_layer - 1 for any depth (model.nitp_defaults)
     "cosreg": {"objective": "cosreg"},                         # the generic anti-anisotropy regulariser
 }
 # (metric key in eval.evaluate_run's result, label, format, what the paper reports for NITP vs NTP)
-METRICS = [("val_loss", "val loss", ".4f", "about unchanged"), ("effective_rank", "eff. rank (final)", ".1f", "higher"),
-           ("avg_cosine", "avg cosine (final)", ".3f", "lower"), ("probe_accuracy", "probe acc", ".3f", "higher"),
-           ("mc_accuracy", "MC acc", ".3f", "higher")]
+METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
+           (metrics.EFFECTIVE_RANK, "eff. rank (final)", ".1f", "higher"),
+           (metrics.AVG_COSINE, "avg cosine (final)", ".3f", "lower"),
+           (eval_lib.PROBE_ACCURACY, "probe acc", ".3f", "higher"), (eval_lib.MC_ACCURACY, "MC acc", ".3f", "higher")]
 
 
 @dataclass
@@ -60,25 +62,18 @@ class CompareConfig:
 
 def parse_args(argv=None) -> CompareConfig:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__, "CompareConfig flags (default):",
-              *(f"  --{f.name}={f.default!r}" for f in dataclasses.fields(CompareConfig) if f.name != "train_args"),
+    if runtime.wants_help(argv):
+        print(__doc__, "CompareConfig flags (default):", *runtime.flag_help(CompareConfig, skip=("train_args",)),
               "variants: " + ", ".join(VARIANTS), "Other --key=value flags go to train.py (see train.py --help).",
               sep="\n")
         raise SystemExit(0)
-    own = {f.name: f.type for f in dataclasses.fields(CompareConfig) if f.name != "train_args"}
+    hints = {key: hint for key, hint in typing.get_type_hints(CompareConfig).items() if key != "train_args"}
     values, train_args = {}, []
-    for arg in argv:
-        key, sep, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not sep:
-            raise ValueError(f"expected --key=value, got {arg!r}")
+    for key, value, arg in runtime.split_flags(argv):
         if key in ("objective", "seed", "resume"):
             raise ValueError(f"--{key} is set by compare.py for each run; use --variants and --seeds")
-        if key in own:
-            try:
-                values[key] = int(value) if own[key] in (int, "int") else value
-            except ValueError:
-                raise ValueError(f"--{key} expects an integer, got {value!r}") from None
+        if key in hints:
+            values[key] = runtime.coerce_value(key, value, hints[key], from_cli=True)
         else:
             train_args.append(arg)
     cfg = CompareConfig(**values, train_args=tuple(train_args))
@@ -99,11 +94,7 @@ def variant_names(cfg: CompareConfig) -> list[str]:
 
 def train_flags(cfg: CompareConfig, variant: str, seed: int, run_dir: Path) -> list[str]:
     """train.py's flags for one run: the variant's switches, then the user's flags (they win), seed, out_dir."""
-    switches = dict(VARIANTS[variant])
-    if switches.get("target_layer") == "n_layer - 1":  # the deepest block that is still a strict prefix
-        user = dict(a.removeprefix("--").split("=", 1) for a in cfg.train_args)
-        n_layer = int(user["n_layer"]) if "n_layer" in user else model_lib.get_preset(user.get("preset", "small")).n_layer
-        switches["target_layer"] = n_layer - 1
+    switches = VARIANTS[variant]
     return ([f"--{k}={v}" for k, v in switches.items()] + list(cfg.train_args)
             + [f"--seed={seed}", f"--out_dir={run_dir}"])
 

@@ -382,12 +382,23 @@ def prepare(input=None, out_dir=None, val_fraction=0.05) -> str:
                              f"(one {{\"text\": ...}} per line)")
         out_dir = out_dir or os.path.join(REPO_DIR, "data", _input_paths(input)[0].resolve().stem)
         documents = _user_splits(iter_user_documents(files), val_fraction)
-        source = {"inputs": [str(p.resolve()) for p in files], "val_fraction": val_fraction}
+        source = {"inputs": [repo_relative(p) for p in files], "val_fraction": val_fraction}
     meta = write_token_files(documents, out_dir, source)
     print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']} documents), "
           f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']} documents) "
           f"in {time.perf_counter() - start:.1f} s")
     return str(out_dir)
+
+
+def repo_relative(path) -> str:
+    """`path` relative to the repository, the form checkpoints, logs and reports store (never a machine's
+    absolute path); `from_repo` turns it back into a usable path."""
+    return os.path.relpath(os.path.abspath(path), REPO_DIR)
+
+
+def from_repo(path) -> str:
+    """A path stored by `repo_relative` (or an absolute one) as a path usable from any working directory."""
+    return os.path.join(REPO_DIR, path) if not os.path.isabs(path) else str(path)
 
 
 def _is_prepared(data_dir) -> bool:
@@ -453,34 +464,39 @@ def check_vocab(meta: dict, vocab_size: int) -> None:
 
 # ---------------------------------------------------------------------------- batches
 class BatchSampler:
-    """Random (B, T+1) windows of a token stream, a pure function of (seed, step, micro_step, rank).
+    """Random (T+1)-token windows of a token stream: global batch `step` holds `global_batch` windows, a pure
+    function of (seed, step); sequence i of it is the same whoever reads it.
 
     Each window is a contiguous slice tokens[s : s + T + 1] (inputs = [:, :-1], targets = [:, 1:]), with s
-    uniform over all valid starts. No state: a resumed run sees exactly the batches it would have seen,
-    and each data-parallel rank draws its own windows. world_size only validates rank.
+    uniform over all valid starts. No state: a resumed run sees exactly the batches it would have seen. A
+    process reads its share with get(step, first, count): any split of [0, global_batch) over processes and
+    micro-batches trains on the same sequences, so results do not depend on the world size or accumulation.
     """
 
-    def __init__(self, tokens, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1):
-        if batch_size < 1 or seq_len < 1 or seed < 0:
-            raise ValueError(f"need batch_size >= 1, seq_len >= 1, seed >= 0; got {batch_size}, {seq_len}, {seed}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    def __init__(self, tokens, global_batch: int, seq_len: int, seed: int):
+        if global_batch < 1 or seq_len < 1 or seed < 0:
+            raise ValueError(f"need global_batch >= 1, seq_len >= 1, seed >= 0; got {global_batch}, {seq_len}, {seed}")
         if len(tokens) < seq_len + 1:
             raise ValueError(f"the token stream has {len(tokens)} tokens, fewer than one window of seq_len + 1 = "
                              f"{seq_len + 1}; use a smaller --seq_len or a larger corpus")
-        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.tokens, self.global_batch, self.seq_len, self.seed = tokens, global_batch, seq_len, seed
 
-    def starts(self, step: int, micro_step: int = 0) -> np.ndarray:
-        """The window start offsets of one micro-batch, (B,)."""
-        rng = np.random.default_rng([self.seed, step, micro_step, self.rank])  # SeedSequence of the 4-tuple
-        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)  # s + T + 1 <= len(tokens)
+    def starts(self, step: int) -> np.ndarray:
+        """The window start offsets of global batch `step`, (global_batch,)."""
+        # the two zeros keep the windows the 4-tuple seeding gave before the global batch was drawn at once
+        rng = np.random.default_rng([self.seed, step, 0, 0])  # a SeedSequence of the tuple
+        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.global_batch)  # s + T + 1 <= len(tokens)
 
-    def get(self, step: int, micro_step: int = 0):
-        """(B, T+1) int64 torch tensor of windows for this (step, micro_step) on this rank."""
+    def get(self, step: int, first: int = 0, count: int | None = None):
+        """(count, T+1) int64 torch tensor: sequences first .. first + count - 1 of global batch `step` (all of
+        them by default)."""
         import torch  # here, not at the top: preparing data (`python data.py`) does not need torch
 
-        windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in self.starts(step, micro_step)])  # (B, T+1)
+        count = self.global_batch - first if count is None else count
+        if first < 0 or count < 1 or first + count > self.global_batch:
+            raise ValueError(f"sequences {first}..{first + count - 1} are outside the global batch of {self.global_batch}")
+        starts = self.starts(step)[first:first + count]
+        windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])  # (count, T+1)
         return torch.from_numpy(windows.astype(np.int64))
 
 

@@ -1,16 +1,19 @@
-"""eval.py: inspect the geometry of trained nitp checkpoints and score them.
+"""eval.py: evaluate trained nitp checkpoints on held-out data: geometry, a frozen probe, multiple choice.
 
 The paper's central claim is geometric: under NTP the last hidden states collapse into a low-rank,
-anisotropic cone, NITP keeps them higher-rank and more isotropic (NITP_SPEC section 4). This file
-  * defines the geometry metrics (effective rank, average pairwise cosine, singular values) that
-    train.py also logs: one definition in one place;
-  * collects every layer's representations of a checkpoint on held-out tokens (val.bin);
-  * draws five figures (spectra, spectra per layer, geometry vs step, NITP loss, rank by depth);
-  * scores frozen representations with a linear probe (the paper's MTEB protocol at small scale)
+anisotropic cone, NITP keeps them higher-rank and more isotropic (docs/method.md, 'Geometry metrics').
+For every run directory that train.py wrote (ckpt.pt + log.jsonl), this file
+  * collects every layer's representations on the same held-out tokens (val.bin) and measures their
+    geometry with metrics.py (effective rank, singular values, average pairwise cosine);
+  * scores the frozen representations with a linear probe (the paper's MTEB protocol at small scale)
     and the language model with a multiple-choice scorer (lm-evaluation-harness style);
-  * writes report.md + metrics.json per run:
+  * returns one result dict per run (evaluate_run): metrics.py's keys, PROBE_ACCURACY and MC_ACCURACY
+    at the top level (compare.py aggregates them over seeds); make_report hands them to report.py, which
+    writes them as NAME/metrics.json, draws the five figures and writes report.md:
         python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
-Everything is a function; `main(argv)` is the CLI. Imports model.py and data.py, never train.py.
+Checkpoints store data_dir relative to the repository (data.from_repo reads it back). Everything is a
+function; `main(argv)` is the CLI. Imports model, data, runtime, metrics and report (matplotlib only
+through report.py), never train.py. Nothing runs at import.
 """
 
 import argparse
@@ -24,78 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch, no display
 
 import data
+import metrics
 import model as model_lib
+import report
+import runtime
 
-
-# ---------------------------------------------------------------------------- metrics
-def _as_float64_matrix(X) -> torch.Tensor:
-    X = torch.as_tensor(X)
-    if X.dim() != 2:
-        raise ValueError(f"expected a 2-D (N, d) matrix of representations, got shape {tuple(X.shape)}; "
-                         "flatten batch and time first, e.g. X = h[valid] or h.reshape(-1, d)")
-    return X.detach().to(torch.float64)
-
-
-def singular_values(X) -> torch.Tensor:
-    """Full singular-value spectrum of the MEAN-CENTRED rows of X (N, d), descending, float64, on CPU.
-
-    Centring removes the common offset (the 'cone' direction) so the spectrum shows how the variance
-    spreads over directions; s_i^2 / (N - 1) are the eigenvalues of the empirical covariance.
-    Length min(N, d).
-    """
-    X = _as_float64_matrix(X)
-    centred = X - X.mean(dim=0, keepdim=True)  # (N, d)
-    return torch.linalg.svdvals(centred).cpu()
-
-
-def effective_rank(X) -> float:
-    """Effective rank of representations X (N, d), as the paper measures it (NITP_SPEC section 4).
-
-    Mean-centre, take the eigenvalues of the empirical covariance (= squared singular values of the
-    centred data, up to the 1/(N-1) factor that the normalisation cancels), normalise them to a
-    distribution p and return exp(H(p)), H in nats, 0 log 0 = 0. Computed in float64. Note: the
-    paper uses covariance eigenvalues, not Roy & Vetterli's singular values; the two differ.
-    Ranges from 1 (all variance along one direction) to min(N - 1, d) (perfectly isotropic).
-    Returns 0.0 for data with no variance at all (all rows equal), where the entropy is undefined.
-    """
-    eigenvalues = singular_values(X) ** 2
-    total = eigenvalues.sum()
-    if total <= 0:
-        return 0.0
-    p = eigenvalues / total
-    p = p[p > 0]  # 0 log 0 = 0
-    entropy = -(p * p.log()).sum()
-    return math.exp(entropy.item())
-
-
-def avg_pairwise_cosine(X, num_pairs: int, generator: torch.Generator | None = None) -> float:
-    """Mean cosine similarity over `num_pairs` random pairs of DISTINCT rows of X (N, d).
-
-    Pairs are drawn uniformly with replacement among ordered pairs (i, j), i != j (a row is never
-    paired with itself, which would bias the mean towards 1). Each row is L2-normalised (float64).
-    Pass a CPU `generator` for reproducible pairs. A proxy for anisotropy: ~0 for an isotropic
-    cloud, near 1 when all representations point into a narrow cone.
-    """
-    X = _as_float64_matrix(X)
-    n = X.shape[0]
-    if n < 2:
-        raise ValueError(f"avg_pairwise_cosine needs at least 2 rows, got {n}; collect more tokens")
-    if num_pairs < 1:
-        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
-    first = torch.randint(0, n, (num_pairs,), generator=generator)
-    # draw the partner among the other n-1 rows, then skip over `first`: exactly uniform over j != i
-    second = torch.randint(0, n - 1, (num_pairs,), generator=generator)
-    second = second + (second >= first).long()
-    unit = F.normalize(X, dim=1)  # (N, d)
-    first, second = first.to(unit.device), second.to(unit.device)
-    cosines = (unit[first] * unit[second]).sum(dim=1)  # (num_pairs,)
-    return cosines.mean().item()
+PROBE_ACCURACY = "probe_accuracy"  # result keys compare.py reads, beside metrics.py's
+MC_ACCURACY = "mc_accuracy"
 
 
 # ---------------------------------------------------------------------------- config
@@ -122,9 +62,16 @@ class EvalConfig:
 
 
 def _resolve_device(cfg: EvalConfig) -> EvalConfig:
-    if cfg.device != "auto":
-        return cfg
-    return dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+    """cfg with its device resolved by runtime.resolve_device ("auto" -> "cuda:0" or "cpu"; a bad one is an error)."""
+    return dataclasses.replace(cfg, device=str(runtime.resolve_device(cfg.device)))
+
+
+def heldout_data_dir(cfg: EvalConfig, ckpt: dict) -> str:
+    """Where the held-out tokens are: cfg.data_dir, else the checkpoint's data_dir (stored relative to the
+    repository; older checkpoints hold an absolute path), else data.py's default."""
+    if cfg.data_dir:
+        return cfg.data_dir
+    return data.from_repo(ckpt["data_dir"]) if ckpt.get("data_dir") else data.DEFAULT_DATA_DIR
 
 
 # ---------------------------------------------------------------------------- runs
@@ -243,9 +190,9 @@ def _pad(seqs, device):
 def geometry(reps: dict, num_pairs=20000, seed=0) -> dict:
     """Effective rank and singular values of every layer, average cosine of the final states."""
     generator = torch.Generator().manual_seed(seed)
-    return {"layers": [{"name": name, "effective_rank": effective_rank(X),
-                        "singular_values": singular_values(X).tolist()} for name, X in reps.items()],
-            "avg_cosine": avg_pairwise_cosine(reps["final norm"], num_pairs, generator)}
+    return {"layers": [{"name": name, metrics.EFFECTIVE_RANK: metrics.effective_rank(X),
+                        "singular_values": metrics.singular_values(X).tolist()} for name, X in reps.items()],
+            metrics.AVG_COSINE: metrics.avg_pairwise_cosine(reps["final norm"], num_pairs, generator)}
 
 
 # ---------------------------------------------------------------------------- frozen-representation probe
@@ -459,7 +406,8 @@ def score_multiple_choice(questions, loglikelihood, normalization="char") -> dic
 
 
 # ---------------------------------------------------------------------------- per-run evaluation
-HISTORY_KEYS = ("step", "val_loss", "effective_rank", "avg_cosine", "target_effective_rank")  # of log eval lines
+HISTORY_KEYS = ("step", metrics.VAL_LOSS, metrics.EFFECTIVE_RANK, metrics.AVG_COSINE,
+                metrics.TARGET_EFFECTIVE_RANK)  # of log.jsonl's eval lines
 
 
 def build_tasks(cfg: EvalConfig, tokenizer_name="gpt2") -> tuple[list | None, list | None]:
@@ -501,8 +449,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     run = run_dir if isinstance(run_dir, dict) else load_run(run_dir)
     model, ckpt = run["model"], run["ckpt"]
     if tokens is None:
-        data_dir = cfg.data_dir or ckpt.get("data_dir") or data.DEFAULT_DATA_DIR
-        tokens = load_heldout_tokens(data_dir, model.config.vocab_size)
+        tokens = load_heldout_tokens(heldout_data_dir(cfg, ckpt), model.config.vocab_size)
     if probe_task is None and mc_task is None:
         probe_task, mc_task = build_tasks(cfg, ckpt.get("tokenizer", "gpt2"))
     seq_len = min(cfg.seq_len or model.config.block_size, model.config.block_size)
@@ -512,211 +459,33 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     n_tokens, d_model = reps["final norm"].shape
     del reps
     evals = [r for r in run["log"] if r.get("kind") == "eval"]
+    aux_key = metrics.aux_loss_key("nitp")
     result = {
-        "run_dir": run["dir"], "name": run["name"], "label": run["label"], "objective": run["objective"],
+        "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"], "objective": run["objective"],
         "group": run.get("group", run["name"]),
         "step": ckpt.get("step"), "tokenizer": ckpt.get("tokenizer", "gpt2"), "n_layer": model.config.n_layer,
-        "d_model": d_model, "eval_tokens": n_tokens, "val_loss": val_loss,
-        "val_loss_log": next((r["val_loss"] for r in reversed(evals) if "val_loss" in r), None),
-        "effective_rank": geo["layers"][-1]["effective_rank"], "effective_rank_max": min(n_tokens - 1, d_model),
-        "avg_cosine": geo["avg_cosine"], "layers": geo["layers"],
+        "d_model": d_model, "eval_tokens": n_tokens, metrics.VAL_LOSS: val_loss,
+        "val_loss_log": next((r[metrics.VAL_LOSS] for r in reversed(evals) if metrics.VAL_LOSS in r), None),
+        metrics.EFFECTIVE_RANK: geo["layers"][-1][metrics.EFFECTIVE_RANK],
+        "effective_rank_max": min(n_tokens - 1, d_model), metrics.AVG_COSINE: geo[metrics.AVG_COSINE],
+        "layers": geo["layers"],
         "history": {"eval": [{k: r.get(k) for k in HISTORY_KEYS} for r in evals],
-                    "train_nitp": [[r["step"], r["loss_nitp"]] for r in run["log"]
-                                   if r.get("kind") == "train" and r.get("loss_nitp") is not None]},
+                    "train_nitp": [[r["step"], r[aux_key]] for r in run["log"]
+                                   if r.get("kind") == "train" and r.get(aux_key) is not None]},
     }
     if probe_task is not None:
         passage_len = max(len(ex["tokens"]) for ex in probe_task)
         result["probe"] = run_probe(model, probe_task, max(1, cfg.batch_tokens // passage_len), cfg.device,
                                     cfg.probe_l2)
-        result["probe_accuracy"], result["probe_stderr"], result["probe_majority"] = (
+        result[PROBE_ACCURACY], result["probe_stderr"], result["probe_majority"] = (
             result["probe"][k] for k in ("accuracy", "stderr", "majority_baseline"))
     if mc_task is not None:
         tokenizer = data.get_tokenizer()
         scorer = model_loglikelihood(model, tokenizer, max(1, cfg.batch_tokens // 128), cfg.device)  # ~128-token items
         result["mc"] = score_multiple_choice(mc_task, scorer, cfg.mc_normalization)
-        result["mc_accuracy"], result["mc_stderr"], result["mc_chance"] = (
+        result[MC_ACCURACY], result["mc_stderr"], result["mc_chance"] = (
             result["mc"][k] for k in ("accuracy", "stderr", "chance"))
     return result
-
-
-# ---------------------------------------------------------------------------- figures
-def _save(fig, path) -> str:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return str(path)
-
-
-def _no_data(ax, message):
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
-
-
-def _styles(results) -> list[dict]:
-    """Matplotlib style per run: one colour per group (the run folder's name, e.g. every seed of `nitp`),
-    one dash pattern per run within its group."""
-    groups = list(dict.fromkeys(r.get("group", r["name"]) for r in results))
-    seen, styles = {}, []
-    for r in results:
-        g = r.get("group", r["name"])
-        seen[g] = seen.get(g, -1) + 1
-        styles.append({"color": f"C{groups.index(g) % 10}", "ls": ("-", "--", ":", "-.")[seen[g] % 4]})
-    return styles
-
-
-def plot_final_spectra(results, path) -> str:
-    """Figure 1: normalised singular values of the last hidden states, all runs overlaid."""
-    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    for r, style in zip(results, _styles(results)):
-        s = np.asarray(r["layers"][-1]["singular_values"])
-        ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), **style,
-                label=f"{r['label']}: eff. rank {r['effective_rank']:.1f}")
-    ax.set(yscale="log", xlabel="index i (singular values sorted, largest first)", ylabel="σ_i / σ_1  (log scale)",
-           title="Spectrum of the last hidden states (final-norm output, mean-centred)\n"
-                 "normalised by the largest; a flatter curve = higher rank, less collapse")
-    ax.grid(alpha=0.3), ax.legend()
-    return _save(fig, path)
-
-
-def plot_layer_spectra(results, path) -> str:
-    """Figure 2: one panel per group (its first run: one seed per variant), one spectrum per layer by depth."""
-    first_of_group = {}
-    for r in results:
-        first_of_group.setdefault(r.get("group", r["name"]), r)
-    results = list(first_of_group.values())
-    fig = Figure(figsize=(5.5 * len(results) + 1, 4.8))
-    axes = fig.subplots(1, len(results), sharey=True, squeeze=False)[0]
-    for ax, r in zip(axes, results):
-        norm, cmap = Normalize(0, len(r["layers"]) - 1), colormaps["viridis"]
-        for depth, layer in enumerate(r["layers"]):
-            s = np.asarray(layer["singular_values"])
-            ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), color=cmap(norm(depth)), lw=1.2)
-        ax.set(yscale="log", title=r["label"], xlabel="index i (largest first)")
-        ax.grid(alpha=0.3)
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="layer depth")
-        ticks = np.unique(np.linspace(0, len(r["layers"]) - 1, min(len(r["layers"]), 7)).round().astype(int))
-        bar.set_ticks(ticks, labels=[r["layers"][t]["name"] for t in ticks])
-    axes[0].set_ylabel("σ_i / σ_1  (log scale)")
-    fig.suptitle("Singular-value spectra of every layer's representations (mean-centred, normalised by the largest)")
-    return _save(fig, path)
-
-
-def plot_geometry_history(results, path) -> str:
-    """Figure 3 (the paper's Figure 1): effective rank and average cosine of the last hidden states vs step."""
-    fig = Figure(figsize=(12, 4.5))
-    axes = fig.subplots(1, 2)
-    for ax, key, ylabel in zip(axes, ("effective_rank", "avg_cosine"), ("effective rank", "average pairwise cosine")):
-        drawn = False
-        for r, style in zip(results, _styles(results)):
-            points = [(e["step"], e[key]) for e in r["history"]["eval"] if e.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=3, **style, label=r["label"])
-                drawn = True
-        ax.set(xlabel="training step", ylabel=ylabel, title=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend() if drawn else _no_data(ax, f"no eval lines with '{key}' in any log.jsonl")
-    fig.suptitle("Geometry of the last hidden states during training (each run's log.jsonl eval lines)")
-    return _save(fig, path)
-
-
-def _moving_average(values, half_width: int) -> np.ndarray:
-    """Centred moving average over 2 * half_width + 1 points, symmetric windows shrinking at the ends: unlike
-    an EMA it does not lag, so the early drop and the warm-up hump stay where they happened."""
-    sums, index = np.concatenate([[0.0], np.cumsum(values)]), np.arange(len(values))
-    half = np.minimum(np.minimum(index, len(values) - 1 - index), half_width)
-    return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
-
-
-def plot_nitp_loss(results, path) -> str:
-    """Figure 4: the NITP loss (train loss_nitp vs step), raw and smoothed."""
-    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    drawn = False
-    for r, style in zip(results, _styles(results)):
-        points = r["history"]["train_nitp"]
-        if not points:
-            continue
-        steps, losses = zip(*points)
-        ax.plot(steps, losses, color=style["color"], alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None, ms=3)
-        ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=r["label"])
-        drawn = True
-    ax.set(yscale="log", xlabel="training step", ylabel="L_NITP = mean(1 - cos(P(h_t), z_t+1))  (log scale)",
-           title="NITP auxiliary loss during training (train lines of log.jsonl)\n"
-                 "light: every logged value; dark: centred moving average over ~1% of the run")
-    ax.grid(alpha=0.3)
-    ax.legend() if drawn else _no_data(ax, "no run logged loss_nitp (only NTP runs given)")
-    return _save(fig, path)
-
-
-def plot_rank_by_layer(results, path) -> str:
-    """Figure 5: effective rank of every layer's representations, all runs overlaid."""
-    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    for r, style in zip(results, _styles(results)):
-        ax.plot(range(len(r["layers"])), [layer["effective_rank"] for layer in r["layers"]], marker="o", **style,
-                label=r["label"])
-    deepest = max(results, key=lambda r: len(r["layers"]))["layers"]
-    ax.set_xticks(range(len(deepest)), [layer["name"].replace("block ", "") for layer in deepest])
-    ax.set(xlabel="layer (embedding, block 1..L, final norm)", ylabel="effective rank",
-           title="Effective rank of the representations at every depth\n(held-out tokens, covariance eigenvalues)")
-    ax.grid(alpha=0.3), ax.legend()
-    return _save(fig, path)
-
-
-FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value spectra of the last hidden states."),
-           "spectra_layers.png": (plot_layer_spectra, "Spectra of every layer, one panel per run (first seed of each), by depth."),
-           "geometry_vs_step.png": (plot_geometry_history,
-                                    "Effective rank and average cosine during training (log.jsonl)."),
-           "nitp_loss.png": (plot_nitp_loss, "NITP loss curve of the NITP runs."),
-           "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
-
-
-# ---------------------------------------------------------------------------- report
-def _fmt(value, spec=".3f"):
-    return "-" if value is None else format(value, spec)
-
-
-def write_report(results, out_dir, cfg: EvalConfig, data_note: str) -> Path:
-    out_dir = Path(out_dir)
-    rows = ["| run | objective | steps | val loss | eff. rank (final) | avg cos (final) | probe acc ± se (majority) "
-            "| MC acc ± se (chance) |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        probe = mc = "-"
-        if "probe" in r:
-            probe = f"{_fmt(r['probe_accuracy'])} ± {_fmt(r['probe_stderr'])} ({_fmt(r['probe_majority'])})"
-        if "mc" in r:
-            mc = f"{_fmt(r['mc_accuracy'])} ± {_fmt(r['mc_stderr'])} ({_fmt(r['mc_chance'], '.2f')})"
-        rows.append(f"| {r['name']} | {r['objective']} | {r['step']} | {_fmt(r['val_loss'])} | "
-                    f"{r['effective_rank']:.1f} / {r['effective_rank_max']} | {r['avg_cosine']:.3f} | {probe} | {mc} |")
-    lines = ["# NITP evaluation report", "", data_note, "", *rows, ""]
-    for r in results:
-        layer_ranks = ", ".join(f"{layer['name']} {layer['effective_rank']:.1f}" for layer in r["layers"])
-        lines += [f"### {r['label']}", "", "| metric | value |", "|---|---|", f"| run dir | `{r['run_dir']}` |",
-                  f"| val loss (eval.py / last log eval) | {_fmt(r['val_loss'], '.4f')} / "
-                  f"{_fmt(r['val_loss_log'], '.4f')} |",
-                  f"| effective rank by layer | {layer_ranks} |"]
-        if "probe" in r:
-            p = r["probe"]
-            lines.append(f"| probe | {p['n_train']} train / {p['n_test']} test passages of {p['passage_tokens']} "
-                         f"tokens, classes {', '.join(p['classes'])} |")
-        if "mc" in r:
-            lines.append(f"| multiple choice | {r['mc']['n']} questions, normalisation: "
-                         f"{r['mc']['normalization']} |")
-        lines.append("")
-    lines += ["## Figures", ""] + [f"![{caption}]({name})\n\n*{caption}*\n" for name, (_, caption) in FIGURES.items()]
-    lines += ["## How these numbers are measured", "",
-              "* **Effective rank**: mean-centre the representations, eigenvalues of their covariance, normalised to a "
-              "distribution p, exp(entropy(p)); shown with its maximum min(N - 1, d). **Average cosine**: "
-              f"{cfg.num_pairs} random pairs of distinct tokens, each vector L2-normalised. Final = after the "
-              "final norm (the unembedding's input).",
-              "* **Spectra**: singular values of the mean-centred representations, divided by the largest.",
-              "* **Probe** (frozen, no fine-tuning): mean-pooled, L2-normalised last hidden states of "
-              f"passages of {cfg.probe_window} tokens (or block_size if shorter); multinomial logistic regression "
-              f"(LBFGS, L2 {cfg.probe_l2}). Built-in "
-              "task: genre of the play, whole val plays held out; 'roman' plays count as tragedies, 'problem' plays "
-              "and romances are dropped. Majority = accuracy of always predicting the most frequent test class.",
-              "* **Multiple choice**: argmax of the log-likelihood of each choice given the context, divided by the "
-              f"choice's length ({cfg.mc_normalization}; 'char' = UTF-8 bytes, lm-eval's acc_norm). Built-in task: the "
-              f"true next line of a held-out play after {cfg.mc_context_lines} lines of context vs 3 lines of the same "
-              "play. ± is the binomial standard error sqrt(p(1-p)/n).", ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
 
 
 def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
@@ -734,30 +503,25 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
             r["label"] = f"{r['name']} ({r['objective']})"
     # every run sees the same tokens in the same windows, so their numbers are comparable
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or min(r["model"].config.block_size for r in runs))
-    data_dir = cfg.data_dir or runs[0]["ckpt"].get("data_dir") or data.DEFAULT_DATA_DIR
+    data_dir = heldout_data_dir(cfg, runs[0]["ckpt"])
     tokens = load_heldout_tokens(data_dir, min(r["model"].config.vocab_size for r in runs))
     probe_task, mc_task = build_tasks(cfg, tokenizer_name)
     results = [evaluate_run(run, cfg, tokens, probe_task, mc_task) for run in runs]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (plot, _) in FIGURES.items():
-        plot(results, out_dir / name)
-    for r in results:
-        (out_dir / r["name"]).mkdir(exist_ok=True)
-        (out_dir / r["name"] / "metrics.json").write_text(json.dumps(r, indent=1))
-    note = (f"Held-out tokens: the first {results[0]['eval_tokens']} tokens of `{Path(data_dir) / 'val.bin'}`, "
-            f"in windows of {cfg.seq_len} tokens, the same for every run (tokenizer {tokenizer_name}).")
-    trained_on = {str(r["ckpt"].get("data_dir")) for r in runs}
-    if len(trained_on) > 1:
-        note += f" Note: the runs were trained on different data ({', '.join(sorted(trained_on))})."
-    write_report(results, out_dir, cfg, note)
+    trained_on = [data.from_repo(r["ckpt"]["data_dir"]) if r["ckpt"].get("data_dir") else None for r in runs]
+    note = report.heldout_note(Path(data_dir) / "val.bin", results[0]["eval_tokens"], cfg.seq_len, tokenizer_name,
+                            trained_on)
+    report.write_all(results, out_dir, cfg, note)
     return results
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
+def _flag_type(field: dataclasses.Field):
+    """argparse `type` of an EvalConfig field: runtime.coerce_value (strict booleans, none only where optional)."""
+    def convert(text: str):
+        try:
+            return runtime.coerce_value(field.name, text, field.type, from_cli=True)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -766,10 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dirs", nargs="+", help="run directories written by train.py (ckpt.pt + log.jsonl)")
     parser.add_argument("--out", required=True, help="report directory (figures, report.md, NAME/metrics.json)")
     for f in dataclasses.fields(EvalConfig):
-        kind = next((t for t in (bool, int, float, str) if t is f.type or t in getattr(f.type, "__args__", ())), str)
-        convert = {bool: _parse_bool}.get(kind, kind)
-        parser.add_argument(f"--{f.name}", type=lambda s, c=convert: None if s.lower() == "none" else c(s),
-                            default=f.default, help=f"default {f.default}")
+        parser.add_argument(f"--{f.name}", type=_flag_type(f), default=f.default, help=f"default {f.default}")
     return parser
 
 
@@ -778,9 +539,9 @@ def main(argv=None) -> list[dict]:
     run_dirs, out_dir = args.pop("run_dirs"), args.pop("out")
     results = make_report(run_dirs, out_dir, EvalConfig(**args))
     for r in results:
-        print(f"{r['label']}: val loss {r['val_loss']:.4f}, eff. rank {r['effective_rank']:.1f}, "
-              f"avg cos {r['avg_cosine']:.3f}" + (f", probe {r['probe_accuracy']:.3f}" if "probe" in r else "")
-              + (f", MC {r['mc_accuracy']:.3f} ± {r['mc_stderr']:.3f}" if "mc" in r else ""))
+        print(f"{r['label']}: val loss {r[metrics.VAL_LOSS]:.4f}, eff. rank {r[metrics.EFFECTIVE_RANK]:.1f}, "
+              f"avg cos {r[metrics.AVG_COSINE]:.3f}" + (f", probe {r[PROBE_ACCURACY]:.3f}" if "probe" in r else "")
+              + (f", MC {r[MC_ACCURACY]:.3f} ± {r['mc_stderr']:.3f}" if "mc" in r else ""))
     print(f"wrote {Path(out_dir) / 'report.md'}")
     return results
 

@@ -1,4 +1,4 @@
-"""model.py: every architecture the NITP paper trains, in one file (NITP_SPEC section 5).
+"""model.py: every architecture the NITP paper trains, in one file (docs/method.md, "The paper's numbers").
 
 A pre-norm decoder-only Transformer:
 
@@ -95,10 +95,17 @@ class GPTConfig:
     def head_size(self) -> int:
         return self.d_model // self.n_head if self.head_dim is None else self.head_dim
 
-    @property
-    def default_target_layer(self) -> int:
-        """NITP's target block when none is given: the paper's for this model, else round(0.2 * n_layer)."""
-        return round(0.2 * self.n_layer) if self.nitp_target_layer is None else self.nitp_target_layer
+    def nitp_defaults(self, target_layer: int | None = None, weight: float | None = None) -> tuple[int, float]:
+        """(target layer, lambda) of NITP on this model, the one place they are resolved: the values given, else
+        the paper's for this preset (nitp_target_layer, nitp_weight), else the rule of thumb: target
+        round(0.2 * n_layer), lambda 1.0. A negative target counts from the top like a Python index over the
+        n_layer + 1 taps (0 = embedding, k = after block k): -1 = after the last block, -2 = n_layer - 1."""
+        if target_layer is None:
+            target_layer = round(0.2 * self.n_layer) if self.nitp_target_layer is None else self.nitp_target_layer
+        if target_layer < 0:
+            target_layer += self.n_layer + 1
+        weight = next(w for w in (weight, self.nitp_weight, 1.0) if w is not None)
+        return target_layer, float(weight)
 
     def is_moe_block(self, i: int) -> bool:
         return self.n_routed_experts > 0 and i >= self.n_dense_layers
@@ -121,7 +128,6 @@ class GPTOutput:
     final_hidden: torch.Tensor  # (B, T, d) after the final norm: the unembedding's input
     layers: dict = field(default_factory=dict)  # {k: (B, T, d)} residual stream after block k (0 = embedding)
     balance_loss: torch.Tensor | None = None  # 0-dim, unscaled, mean over MoE layers (0.0 for dense)
-    expert_load: list = field(default_factory=list)  # per MoE layer: (n_routed_experts,) assignment fractions
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -270,12 +276,12 @@ class Block(nn.Module):
         self.is_moe = moe
         self.mlp = MoE(config) if moe else SwiGLU(config.d_model, config.d_ff)
 
-    def forward(self, x, cos, sin):  # x (B, T, d) -> (x, balance_loss or None, expert_load or None)
+    def forward(self, x, cos, sin):  # x (B, T, d) -> (x, balance_loss or None)
         x = x + self.attn(self.attn_norm(x), cos, sin)
         if not self.is_moe:
-            return x + self.mlp(self.mlp_norm(x)), None, None
-        y, balance_loss, load = self.mlp(self.mlp_norm(x))
-        return x + y, balance_loss, load
+            return x + self.mlp(self.mlp_norm(x)), None
+        y, balance_loss, _ = self.mlp(self.mlp_norm(x))
+        return x + y, balance_loss
 
 
 # ---------------------------------------------------------------------------- the model
@@ -295,7 +301,7 @@ class GPT(nn.Module):
     def init_weights(self):
         """N(0, init_std^2) for every matrix, zero biases, unit norm gains; the matrices that write into the
         residual stream get init_std / sqrt(2 n_layer) (GPT-2) so its variance stays O(1) with depth. A
-        small init also keeps CPU training clear of denormals (ENVIRONMENT.md)."""
+        small init also keeps CPU training clear of denormals (docs/method.md, "CPU speed traps")."""
         std = self.config.init_std
         residual_std = std / math.sqrt(2 * self.config.n_layer)
         for module in self.modules():
@@ -355,18 +361,17 @@ class GPT(nn.Module):
         cos, sin = rope_cos_sin(idx.shape[1], c.head_size, c.rope_theta, idx.device, rope_dtype)  # (T, hd/2)
         x = self.embed(idx)  # (B, T, d)
         hidden = {0: x} if 0 in layers else {}
-        balance_losses, expert_load = [], []
+        balance_losses = []
         for i, block in enumerate(self.blocks):
-            x, balance_loss, load = block(x, cos, sin)
+            x, balance_loss = block(x, cos, sin)
             if balance_loss is not None:
                 balance_losses.append(balance_loss)
-                expert_load.append(load)
             if i + 1 in layers:
                 hidden[i + 1] = x
         final_hidden = self.norm(x)  # (B, T, d)
         logits = self.lm_head(final_hidden) if compute_logits else None  # (B, T, V)
         balance = torch.stack(balance_losses).mean() if balance_losses else torch.zeros((), device=idx.device)
-        return GPTOutput(logits, final_hidden, hidden, balance, expert_load)
+        return GPTOutput(logits, final_hidden, hidden, balance)
 
 
 # ---------------------------------------------------------------------------- presets
@@ -390,7 +395,7 @@ _SMALL_ATTENTION = dict(vocab_size=50304, block_size=256, n_layer=6, d_model=256
 _TINY = dict(block_size=64, d_model=32, n_head=4, n_kv_head=2, head_dim=8, d_ff=64, nitp_target_layer=1,
              nitp_weight=1.0)
 PRESETS: dict[str, GPTConfig] = {
-    # MoE (NITP_SPEC table 5; target layer and lambda from table 1.1)
+    # MoE (shapes: docs/method.md, "The paper's numbers"; target layer and lambda: "Defaults per model")
     "1.9bA0.3b": _moe_preset(16, 512, 64, 8, 4, 10944, 496, top_k=8, target=3, weight=1.0),
     "3bA0.5b": _moe_preset(17, 768, 96, 8, 4, 10944, 544, top_k=8, target=4, weight=1.0),
     "9bA1b": _moe_preset(24, 1280, 160, 8, 4, 10944, 640, top_k=8, target=5, weight=0.8),
@@ -429,8 +434,8 @@ def flops_per_token(config: GPTConfig, seq_len: int, projector_hidden: int | Non
     QK^T and AV cost 4 * n_head * head_dim * ctx forward per layer, x3 for training; nanoGPT counts
     12 * L * n_head * head_dim * T with ctx = T, but under a causal mask a token sees (T + 1) / 2 ~ T / 2
     keys on average (and flash attention skips the masked half), so we count 6 * L * n_head * head_dim * T.
-    paper_mode=True: NITP_SPEC section 6's approximation, L (18 d^2 + 18 k d d_e) + 6 V d with every layer
-    MoE (k = top_k + shared; a dense model uses 18 d d_ff instead), no attention scores.
+    paper_mode=True: the paper's approximation (docs/method.md, "FLOPs accounting"), L (18 d^2 + 18 k d d_e)
+    + 6 V d with every layer MoE (k = top_k + shared; a dense model uses 18 d d_ff instead), no attention scores.
     nitp_extra: the SwiGLU projector (6 * 3 * d * projector_hidden) plus the cosine (~18 d); 0 when
     projector_hidden is None. Returns {"ntp", "nitp_extra", "nitp_ratio", "breakdown": {...}}.
     """

@@ -1,6 +1,6 @@
 """nitp_loss.py: the NITP auxiliary objective, its projector head, and the ablations' alternatives.
 
-NITP (Next Implicit Token Prediction, NITP_SPEC sections 1-3) trains a decoder-only LM on
+NITP (Next Implicit Token Prediction; docs/method.md, "Objective") trains a decoder-only LM on
 
     L_total = L_NTP + lambda * L_NITP,    L_NITP = mean over counted pairs of loss(P(h_t), z_{t+shift})
 
@@ -16,7 +16,7 @@ positions of target never count. A pair (t, t + shift) counts only when valid[b,
 valid[b, t + shift] are both True and, if given, pair_valid[b, t] is True (train.py uses it to drop
 pairs that cross a document separator). The loss is the mean over counted pairs; zero counted pairs
 give 0 with a zero gradient. `nitp_loss_terms` returns (sum, count) so that train.py can divide by a
-global count under gradient accumulation / data parallelism (NITP_SPEC section 7).
+global count under gradient accumulation / data parallelism (docs/method.md, "Shift and masking").
 
 loss_type, for one pair p = pred[b, t], z = target[b, t + shift], both in R^d:
   cosine     1 - <p, z> / (max(|p|, eps) * max(|z|, eps)),  eps = 1e-8 (the paper's loss; a zero vector
@@ -44,13 +44,13 @@ HEAD_KINDS = ("swiglu", "linear", "none")
 
 # ---------------------------------------------------------------------------- projector
 class NITPHead(nn.Module):
-    """Projector P applied to h_t before the comparison (NITP_SPEC 1.3); dropped after pre-training.
+    """Projector P applied to h_t before the comparison (docs/method.md, "Projector"); dropped after pre-training.
 
     kind "swiglu": w_down(silu(w_gate h) * w_up h), hidden width 4 * d_model by default, no biases:
                    3 * d_model * hidden parameters (12 d^2, the paper's head);
          "linear": one d -> d matrix, no bias (d^2 parameters);
          "none":   identity, no parameters (the "no projector" ablation).
-    Weights are drawn from N(0, init_std^2), the model's init (NITP_SPEC section 7)."""
+    Weights are drawn from N(0, init_std^2), the model's init (docs/method.md, "Open choices")."""
 
     def __init__(self, d_model: int, hidden: int | None = None, kind: str = "swiglu", init_std: float = 0.02):
         super().__init__()
@@ -129,6 +129,44 @@ def _compute_dtype(*tensors):
     return dtype
 
 
+# ---------------------------------------------------------------------------- which pairs count
+def counted_pairs(valid, shift, pair_valid=None):
+    """(B, T - shift) bool: pair (t, t + shift) counts when valid[b, t], valid[b, t + shift] and, if given,
+    pair_valid[b, t]. The one definition of the pairing; its sum is the count the loss is averaged over."""
+    T = valid.shape[1]
+    counted = valid[:, :T - shift] & valid[:, shift:]  # both ends are real tokens
+    return counted & pair_valid if pair_valid is not None else counted
+
+
+def document_pair_mask(tokens, shift, separator):
+    """(B, T - shift) bool for tokens (B, T): False where pair (h_t, z_{t+shift}) crosses a document boundary.
+    Every document ENDS with the separator (data.py's <|endoftext|>), so a pair crosses when the separator
+    lies in tokens[t : t + shift]: h at the separator has seen only the old document, z_{t+1} is the next
+    document's first token. The pair (last token, separator) stays: that a document ends is part of it, and
+    next-token prediction predicts it too. shift=0 pairs a position with itself and never crosses."""
+    T = tokens.shape[1]
+    if shift == 0:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    separators_before = F.pad((tokens == separator).long().cumsum(dim=1), (1, 0))  # (B, T+1): [:, t] = in [:t]
+    return separators_before[:, shift:T] == separators_before[:, :T - shift]
+
+
+def nitp_pair_mask(tokens, shift, separator=None):
+    """(B, T - shift) bool: the pairs NITP counts on a batch of real tokens (B, T), dropping those that cross a
+    document boundary when a separator id is given. Pass it as nitp_loss_terms' pair_valid; its sum is the
+    pair count, known before the forward pass (train.py divides every micro-batch by the step's global count)."""
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    pair_valid = document_pair_mask(tokens, shift, separator) if separator is not None else None
+    return counted_pairs(valid, shift, pair_valid)
+
+
+def pairwise_pair_count(valid):
+    """0-dim int64: the ordered pairs i != j of valid positions within each sequence, sum_b n_b (n_b - 1): the
+    count pairwise_cosine_penalty averages over. valid (B, T) bool."""
+    n = valid.sum(1)  # (B,)
+    return (n * (n - 1)).sum()
+
+
 # ---------------------------------------------------------------------------- NITP loss
 def nitp_loss_terms(pred, target, valid=None, shift=1, loss_type="cosine", stop_grad=True, pair_valid=None):
     """(loss_sum, pair_count), both 0-dim: the summed per-pair loss (float, >= float32) and the number of
@@ -154,9 +192,7 @@ def nitp_loss_terms(pred, target, valid=None, shift=1, loss_type="cosine", stop_
     z = target[:, shift:].to(dtype)  # (B, T - shift, d): implicit tokens at t + shift
     if stop_grad:
         z = z.detach()
-    counted = valid[:, :T - shift] & valid[:, shift:]  # (B, T - shift): both ends are real tokens
-    if pair_valid is not None:
-        counted = counted & pair_valid
+    counted = counted_pairs(valid, shift, pair_valid)  # (B, T - shift)
     per_pair = PAIR_LOSSES[loss_type](h, z)  # (B, T - shift)
     # where, not multiply: uncounted pairs contribute exactly 0 to the sum and a zero gradient
     loss_sum = torch.where(counted, per_pair, torch.zeros_like(per_pair)).sum()
@@ -187,7 +223,7 @@ def pairwise_cosine_penalty_terms(h, valid=None):
     n = valid.sum(1)  # (B,)
     # a sequence with < 2 valid positions has no pair: exactly 0, not the identity's rounding residue
     per_sequence = torch.where(n > 1, per_sequence, torch.zeros_like(per_sequence))
-    return per_sequence.sum(), (n * (n - 1)).sum()
+    return per_sequence.sum(), pairwise_pair_count(valid)
 
 
 def pairwise_cosine_penalty(h, valid=None):

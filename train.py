@@ -5,17 +5,17 @@
     python train.py --preset=tiny-moe --n_layer=4 --nitp_weight=0.8 --config=run.toml
     torchrun --standalone --nproc_per_node=2 train.py   # data parallel: gloo on CPU, nccl on CUDA
 
-Every TrainConfig field and every model.GPTConfig field is a `--key=value` flag or a key of the `--config`
-file (TOML or JSON); flags win over the file, GPTConfig fields apply on top of --preset. Objectives:
+Every TrainConfig field (objective.ObjectiveConfig's included) and every model.GPTConfig field is a
+`--key=value` flag or a key of the `--config` file (TOML or JSON); flags win over the file, GPTConfig fields
+apply on top of --preset. Objectives (objective.py assembles the loss; docs/method.md explains each):
   ntp     loss = CE (+ balance_coef * MoE balance loss, for every objective)
-  nitp    loss = CE + nitp_weight * L_NITP(projector(h_t), layers[target_layer]_{t+shift})  (NITP_SPEC 1-2)
+  nitp    loss = CE + nitp_weight * L_NITP(projector(h_t), layers[target_layer]_{t+shift})
   cosreg  loss = CE + nitp_weight * mean pairwise cosine of h (the paper's generic-regulariser ablation)
 Writes OUT_DIR/log.jsonl (one config line, then train and eval lines) and OUT_DIR/ckpt.pt (atomic).
-Imports model, nitp_loss, data and eval's metrics; nothing imports train.py; nothing runs at import.
+Imports model, nitp_loss, objective, data, metrics and runtime; nothing imports train.py; nothing runs at import.
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import math
@@ -25,39 +25,30 @@ import sys
 import threading
 import time
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import data
 import model as model_lib
-from eval import avg_pairwise_cosine, effective_rank
-from nitp_loss import HEAD_KINDS, LOSS_TYPES, NITPHead, nitp_loss_terms, pairwise_cosine_penalty_terms
+import runtime
+from metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key, avg_pairwise_cosine,
+                     effective_rank)
+from objective import (ObjectiveConfig, aux_pair_masks, balance_weight, build_projector, forward_terms,
+                       projector_hidden_width, resolve_objective, total_loss)
 
 
 # ---------------------------------------------------------------------------- configuration
 @dataclass
-class TrainConfig:
+class TrainConfig(ObjectiveConfig):
+    """The objective's switches (ObjectiveConfig: objective, nitp_weight, target_layer, shift, loss_type,
+    stop_grad, nitp_start_step, projector, projector_hidden, attach, mask_doc_boundary) plus these."""
     # model and data
     preset: str = "small"                   # a name in model.PRESETS
     data_dir: str | None = None             # None: data.DEFAULT_DATA_DIR, prepared on first use
     out_dir: str = "runs/default"
-    # objective: every row of the paper's ablation table is a field; the defaults are the paper's choices
-    objective: str = "nitp"                 # ntp | nitp | cosreg
-    nitp_weight: float | None = None        # lambda (also cosreg's weight); None: the preset's, else 1.0
-    target_layer: int | None = None         # 0 = embedding, k = after block k; None: preset's, else round(0.2 L)
-    shift: int = 1                          # h_t predicts z_{t+shift}; 0 = the current-step ablation
-    loss_type: str = "cosine"               # cosine | mse | smooth_l1 | kl
-    stop_grad: bool = True                  # no gradient into the target
-    nitp_start_step: int = 0                # delayed start: before it the term is logged, not trained
-    projector: str = "swiglu"               # swiglu | linear | none
-    projector_hidden: int | None = None     # swiglu width; None: 4 * d_model
-    attach: str = "post_norm"               # h = final hidden after the final norm | pre_norm: after the last block
-    mask_doc_boundary: bool = False         # drop pairs that cross an <|endoftext|> (see pair_valid_mask)
     # optimisation (paper: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, WSD with the last 20% decaying)
     max_steps: int = 250                    # the main job's budget: ~7 min per run on 2 CPU cores (README)
     batch_size: int | None = None           # sequences per micro-batch per process; None: no accumulation
@@ -80,45 +71,16 @@ class TrainConfig:
     ckpt_interval: int = 50                 # 0: only the final save
     resume: bool = False                    # continue from OUT_DIR/ckpt.pt
     # runtime
-    device: str = "auto"                    # auto | cpu | cuda | cuda:N
+    device: str = "auto"                    # auto | cpu | cuda | cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)
     compile: bool = False
-    cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (ENVIRONMENT.md's malloc trap)
+    cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
     peak_flops: float | None = None         # per device, for MFU; None: looked up from the GPU's name
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields from the CLI / the file
 
 
-OBJECTIVES, ATTACH, SCHEDULES = ("ntp", "nitp", "cosreg"), ("post_norm", "pre_norm"), ("wsd", "cosine")
+SCHEDULES = ("wsd", "cosine")
 # beyond the model config, a checkpoint only fits a run that agrees on these (state shapes, the objective)
 RESUME_MUST_MATCH = ("objective", "projector", "projector_hidden", "target_layer", "attach")
-TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
-
-
-def coerce_value(key, value, hint, from_cli):
-    """`value` as field `key` of type `hint` (int, float, bool, str or X | None); ValueError naming both."""
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    bad = ValueError(f"config key {key!r} expects {base.__name__}{' or none' if optional else ''}, got {value!r}")
-    if from_cli:  # a string from the command line
-        if optional and value.lower() in ("none", "null"):
-            return None
-        if base is bool:
-            if value.lower() not in TRUE_WORDS + FALSE_WORDS:
-                raise ValueError(f"config key {key!r} expects a bool (true/false/1/0), got {value!r}")
-            return value.lower() in TRUE_WORDS
-        try:
-            return base(value)
-        except (ValueError, TypeError):
-            raise bad from None
-    if value is None and optional:  # a typed value from a TOML / JSON file
-        return None
-    if base is bool and type(value) is int and value in (0, 1):
-        return bool(value)
-    if base is float and type(value) is int:
-        return float(value)
-    if type(value) is not base:
-        raise bad
-    return value
 
 
 def parse_config(argv=None) -> TrainConfig:
@@ -127,9 +89,9 @@ def parse_config(argv=None) -> TrainConfig:
     argv = sys.argv[1:] if argv is None else list(argv)
     train_hints = typing.get_type_hints(TrainConfig)
     model_hints = typing.get_type_hints(model_lib.GPTConfig)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__, "TrainConfig flags (default):", *(f"  --{f.name}={f.default!r}" for f in dataclasses.fields(
-            TrainConfig) if f.name != "model_overrides"), "GPTConfig flags: --" + ", --".join(model_hints), sep="\n")
+    if runtime.wants_help(argv):
+        print(__doc__, "TrainConfig flags (default):", *runtime.flag_help(TrainConfig, skip=("model_overrides",)),
+              "GPTConfig flags: --" + ", --".join(model_hints), sep="\n")
         raise SystemExit(0)
     settings, overrides = {}, {}
 
@@ -138,19 +100,14 @@ def parse_config(argv=None) -> TrainConfig:
             for k, v in value.items():
                 put(k, v, from_cli)
         elif key in train_hints and key != "model_overrides":
-            settings[key] = coerce_value(key, value, train_hints[key], from_cli)
+            settings[key] = runtime.coerce_value(key, value, train_hints[key], from_cli)
         elif key in model_hints:
-            overrides[key] = coerce_value(key, value, model_hints[key], from_cli)
+            overrides[key] = runtime.coerce_value(key, value, model_hints[key], from_cli)
         else:
             raise ValueError(f"unknown config key {key!r}: not a TrainConfig or GPTConfig field (see --help)")
 
-    flags = []
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; write options as --key=value")
-        key, eq, value = arg[2:].partition("=")
-        flags.append((key, value if eq else "true"))  # a bare --flag means true
-    for key, path in flags:
+    flags = runtime.split_flags(argv)
+    for key, path, _ in flags:
         if key == "config":
             with open(path, "rb") as f:
                 loaded = tomllib.load(f) if path.endswith(".toml") else json.load(f)
@@ -158,7 +115,7 @@ def parse_config(argv=None) -> TrainConfig:
                 raise ValueError(f"config file {path} must hold a table / object of key = value pairs")
             for k, v in loaded.items():
                 put(k, v, from_cli=False)
-    for key, value in flags:
+    for key, value, _ in flags:
         if key != "config":
             put(key, value, from_cli=True)
     return TrainConfig(**settings, model_overrides=overrides)
@@ -167,19 +124,17 @@ def parse_config(argv=None) -> TrainConfig:
 def resolve_config(cfg: TrainConfig):
     """(cfg with target_layer and nitp_weight filled in, the GPTConfig); ValueError for a bad combination."""
     overrides = dict(cfg.model_overrides)
-    if "n_layer" in overrides and "nitp_target_layer" not in overrides:
+    preset = model_lib.get_preset(cfg.preset)
+    if "n_layer" in overrides and "nitp_target_layer" not in overrides and preset.nitp_target_layer is not None \
+            and overrides["n_layer"] != preset.n_layer:
         overrides["nitp_target_layer"] = None  # the preset's target layer was chosen for the preset's depth
-    mcfg = dataclasses.replace(model_lib.get_preset(cfg.preset), **overrides)
-    target = mcfg.default_target_layer if cfg.target_layer is None else cfg.target_layer
-    weight = next(w for w in (cfg.nitp_weight, mcfg.nitp_weight, 1.0) if w is not None)
-    cfg = dataclasses.replace(cfg, target_layer=target, nitp_weight=weight)
+        if cfg.target_layer is None and int(os.environ.get("RANK", 0)) == 0:
+            print(f"note: --n_layer={overrides['n_layer']} changes {cfg.preset}'s depth ({preset.n_layer}), so NITP's "
+                  f"target layer comes from the 20% rule instead of the preset's {preset.nitp_target_layer}; "
+                  "pass --target_layer=K to choose", file=sys.stderr)
+    mcfg = dataclasses.replace(preset, **overrides)
+    cfg = resolve_objective(cfg, mcfg)
     for ok, message in [
-        (cfg.objective in OBJECTIVES, f"objective={cfg.objective!r}; use one of {OBJECTIVES}"),
-        (0 <= target <= mcfg.n_layer, f"target_layer={target} is outside [0, n_layer={mcfg.n_layer}] (0 = embedding "
-                                      "output, k = after block k); pass --target_layer=K in that range"),
-        (cfg.loss_type in LOSS_TYPES, f"loss_type={cfg.loss_type!r}; use one of {LOSS_TYPES}"),
-        (cfg.projector in HEAD_KINDS, f"projector={cfg.projector!r}; use one of {HEAD_KINDS}"),
-        (cfg.attach in ATTACH, f"attach={cfg.attach!r}; use one of {ATTACH}"),
         (cfg.schedule in SCHEDULES, f"schedule={cfg.schedule!r}; use one of {SCHEDULES}"),
         (cfg.seq_len <= mcfg.block_size, f"seq_len={cfg.seq_len} exceeds the model's block_size={mcfg.block_size}; "
                                          "lower --seq_len or raise --block_size"),
@@ -194,45 +149,7 @@ def resolve_config(cfg: TrainConfig):
     return cfg, mcfg
 
 
-# ---------------------------------------------------------------------------- runtime
-def tune_cpu_malloc():
-    """glibc's malloc hands big tensors back to the OS each step and page-faults them in again (40% of a CPU
-    step, ENVIRONMENT.md). The MALLOC_*_ env vars that fix it are read only at process start, but mallopt()
-    sets the same knobs at run time, with no re-exec. mallopt takes a C int: -1 becomes SIZE_MAX (never mmap,
-    never trim), which measured the same as the env vars here (1,360 tok/s vs 970 untuned); 2**31 - 1 did not
-    (1,150 tok/s and twice the page faults: a step frees several 400 MB logits-sized buffers, likely more than
-    2 GiB at once). A no-op off glibc or if the user already chose."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
-        return  # the user chose at process start (env vars, or tcmalloc via LD_PRELOAD): leave it alone
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
-    for param, value in ((m_mmap_threshold, -1), (m_trim_threshold, -1), (m_top_pad, 2**30)):
-        libc.mallopt(param, value)
-
-
-def setup_runtime(cfg):
-    """Device, process group (under torchrun) and the CPU speed settings -> namespace(device, rank, world, ...)."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if device == "cuda" and world > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    device = torch.device(device)
-    started_dist = world > 1 and not dist.is_initialized()
-    if started_dist:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.set_flush_denormal(True)  # denormals made CPU steps 5-20x slower (ENVIRONMENT.md)
-        if cfg.cpu_malloc_tuning:
-            tune_cpu_malloc()
-    return types.SimpleNamespace(device=device, rank=rank, world=world, master=rank == 0, started_dist=started_dist)
-
-
+# ---------------------------------------------------------------------------- optimisation
 def lr_at(step, cfg):
     """Learning rate of optimizer step `step` (0-based): linear warmup, then WSD (flat, then linear down to
     min_lr_frac * lr over the last decay_frac of the steps) or cosine down to min_lr_frac * lr."""
@@ -275,52 +192,6 @@ def all_reduce_grads(params):
         offset += p.numel()
 
 
-# ---------------------------------------------------------------------------- objective
-def pair_valid_mask(x, shift, eot):
-    """(B, T - shift) bool for x (B, T): False where pair (h_t, z_{t+shift}) crosses a document boundary.
-    data.py ENDS every document with <|endoftext|>, so the crossing pair is the one whose prediction position
-    (or any position before its target) holds EOT: h_EOT has seen only the old document, z_{t+1} is the next
-    document's first token. The pair (last token, EOT) stays: that a document ends is part of the document,
-    and NTP predicts it too."""
-    if shift == 0:
-        return torch.ones_like(x, dtype=torch.bool)  # a position paired with itself never crosses
-    eots_before = F.pad((x == eot).long().cumsum(dim=1), (1, 0))  # (B, T+1): [:, t] = EOTs in x[:, :t]
-    T = x.shape[1]
-    return eots_before[:, shift:T] == eots_before[:, :T - shift]  # no EOT in x[:, t : t + shift]
-
-
-def forward_terms(run, x, y, aux_trained=True, pair_valid=None):
-    """One forward pass -> (CE sum, aux-objective sum or None, balance loss, GPTOutput). The NITP target is
-    layers[target_layer] of this same pass; h is the final hidden state (attach=post_norm) or the residual
-    after the last block (pre_norm)."""
-    cfg, n_layer = run.cfg, run.mcfg.n_layer
-    taps = {cfg.target_layer} | ({n_layer} if cfg.attach == "pre_norm" else set())
-    out = run.model(x, layers=tuple(sorted(taps)))
-    ce_sum = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten(), reduction="sum")
-    h = out.final_hidden if cfg.attach == "post_norm" else out.layers[n_layer]  # (B, T, d)
-    aux_sum = None
-    with torch.set_grad_enabled(torch.is_grad_enabled() and aux_trained):
-        if cfg.objective == "nitp":
-            aux_sum, _ = nitp_loss_terms(run.projector(h), out.layers[cfg.target_layer], shift=cfg.shift,
-                                         loss_type=cfg.loss_type, stop_grad=cfg.stop_grad, pair_valid=pair_valid)
-        elif cfg.objective == "cosreg":
-            aux_sum, _ = pairwise_cosine_penalty_terms(h)
-    return ce_sum, aux_sum, out.balance_loss, out
-
-
-def aux_pairs(cfg, eot, inputs):
-    """(pair masks, pair count) of the aux objective over the inputs [(B, T)] of this process. Known before
-    any forward pass (every position is a real token), so each micro-batch can be divided by the step's
-    global count; only doc-boundary masking makes it depend on the data."""
-    if cfg.objective == "nitp" and cfg.mask_doc_boundary:
-        masks = [pair_valid_mask(x, cfg.shift, eot) for x in inputs]
-        return masks, sum(m.sum() for m in masks).double()
-    T = cfg.seq_len
-    pairs_per_sequence = T - cfg.shift if cfg.objective == "nitp" else T * (T - 1)  # cosreg: ordered i != j
-    return [None] * len(inputs), torch.tensor(float(sum(x.shape[0] for x in inputs) * pairs_per_sequence),
-                                              dtype=torch.float64, device=inputs[0].device)
-
-
 # ---------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, state):
     """torch.save into a temp file in the same directory, flush + fsync, os.replace: a crash or Ctrl-C at any
@@ -360,30 +231,30 @@ def evaluate(run):
     """CE (and the aux objective) on val batches 0..eval_batches-1, split over the ranks and all-reduced;
     geometry of the final hidden states and the target layer on the FIXED val batch 0 (rank 0, one forward)."""
     cfg, rt = run.cfg, run.rt
-    run.model.eval()
+    run.forward.eval()
     sums = torch.zeros(4, device=rt.device, dtype=torch.float64)  # CE sum, tokens, aux sum, aux pairs
-    for i in range(rt.rank, cfg.eval_batches, rt.world):
-        batch = run.val_sampler.get(i).to(rt.device)
+    for i, (first, count) in ((i, piece) for i in range(cfg.eval_batches) for piece in my_slices(run)):
+        batch = run.val_sampler.get(i, first, count).to(rt.device)
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
-        masks, pair_count = aux_pairs(cfg, run.eot, [x])
+        masks, pair_count = aux_pair_masks(cfg, [x], run.eot)
         with run.autocast:
-            ce_sum, aux_sum, _, _ = forward_terms(run, x, y, pair_valid=masks[0])
-        sums += torch.stack([ce_sum.double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=rt.device),
-                             aux_sum.double() if aux_sum is not None else sums.new_zeros(()), pair_count])
+            terms = forward_terms(run.forward, run.projector, cfg, x, y, masks[0])
+        sums += torch.stack([terms.ce_sum.double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=rt.device),
+                             terms.aux_sum.double() if terms.aux_sum is not None else sums.new_zeros(()), pair_count])
     if rt.world > 1:
         dist.all_reduce(sums)
-    record = {"kind": "eval", "step": run.step, "val_loss": (sums[0] / sums[1].clamp(min=1)).item()}
+    record = {"kind": "eval", "step": run.step, VAL_LOSS: (sums[0] / sums[1].clamp(min=1)).item()}
     if cfg.objective != "ntp":
-        record[f"val_loss_{cfg.objective}"] = (sums[2] / sums[3].clamp(min=1)).item()
-    if rt.master:  # the geometry the paper plots (NITP_SPEC section 4), on the same tokens at every eval
+        record[aux_loss_key(cfg.objective, "val")] = (sums[2] / sums[3].clamp(min=1)).item()
+    if rt.master:  # the geometry the paper plots (docs/method.md, "Geometry metrics"), same tokens every time
         with run.autocast:
-            out = run.raw_model(run.val_sampler.get(0)[:, :-1].to(rt.device), layers=(cfg.target_layer,),
-                                compute_logits=False)
+            x = run.val_sampler.get(0, 0, cfg.batch_size)[:, :-1].to(rt.device)  # (B, T) the first micro-batch
+            out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
         hidden = out.final_hidden.flatten(0, 1)  # (B*T, d)
-        record.update(effective_rank=effective_rank(hidden),
-                      avg_cosine=avg_pairwise_cosine(hidden, 4096, torch.Generator().manual_seed(0)),
-                      target_effective_rank=effective_rank(out.layers[cfg.target_layer].flatten(0, 1)))
-    run.model.train()
+        record.update({EFFECTIVE_RANK: effective_rank(hidden),
+                       AVG_COSINE: avg_pairwise_cosine(hidden, 4096, torch.Generator().manual_seed(0)),
+                       TARGET_EFFECTIVE_RANK: effective_rank(out.layers[cfg.target_layer].flatten(0, 1))})
+    run.forward.train()
     return record
 
 
@@ -412,6 +283,29 @@ def format_duration(seconds):
 
 # ---------------------------------------------------------------------------- training
 @dataclass
+class Run:
+    """Everything one training run holds; built by build_run, advanced by train_step."""
+    cfg: TrainConfig                        # resolved: target_layer, nitp_weight, batch_size filled in
+    mcfg: model_lib.GPTConfig
+    rt: runtime.Runtime
+    model: model_lib.GPT                    # the unwrapped model: state dicts, evaluation's geometry
+    forward: torch.nn.Module                # what the step calls: the model, or torch.compile of it
+    projector: torch.nn.Module | None       # the NITP head (nitp runs only)
+    params: list                            # model and projector parameters, in the optimizer's order
+    optimizer: torch.optim.Optimizer
+    train_sampler: data.BatchSampler
+    val_sampler: data.BatchSampler
+    grad_accum: int                         # micro-batches per optimizer step on each process
+    eot: int                                # the document separator, for --mask_doc_boundary
+    autocast: contextlib.AbstractContextManager  # bf16 on CUDA, a no-op on CPU
+    meta: dict                              # the data directory's meta.json
+    data_dir: str
+    ckpt_path: str
+    log_path: str
+    step: int = 0                           # optimizer steps completed; with the seed, also the data position
+
+
+@dataclass
 class TrainResult:
     model: torch.nn.Module              # the unwrapped GPT, on its training device
     projector: torch.nn.Module | None   # the NITP head (nitp runs)
@@ -420,8 +314,8 @@ class TrainResult:
     history: list                       # the train and eval records this call wrote to log.jsonl
 
 
-def build_run(cfg, mcfg, rt):
-    """Data, model, projector, optimizer and (with --resume) their saved state -> the run namespace."""
+def build_run(cfg, mcfg, rt) -> Run:
+    """Data, model, projector, optimizer and (with --resume) their saved state."""
     if cfg.batch_size is None:  # the global batch in one micro-step per process: 8 x 256 alone, 4 x 256 on 2
         cfg = dataclasses.replace(cfg, batch_size=max(1, cfg.global_batch_tokens // (cfg.seq_len * rt.world)))
     micro_tokens = cfg.batch_size * cfg.seq_len
@@ -431,37 +325,34 @@ def build_run(cfg, mcfg, rt):
     data_dir = cfg.data_dir or data.DEFAULT_DATA_DIR
     if rt.master:
         data.prepare_if_missing(data_dir)  # builds the default corpus once; any other dir must be prepared
-    if rt.world > 1:
-        dist.barrier()
+    runtime.barrier(rt)
     meta = data.load_meta(data_dir)
     data.check_vocab(meta, mcfg.vocab_size)
-    # world-size-1 samplers: rank r's m-th micro-batch of a step is global micro-batch m * world + r, so a
-    # step's global batch is the same for every world size and accumulation split (results do not change)
-    samplers = [data.BatchSampler(data.load_split(data_dir, split), cfg.batch_size, cfg.seq_len, cfg.seed)
-                for split in ("train", "val")]
+    # a step's global batch is a function of (seed, step) alone; each process reads its micro-batches' slices
+    samplers = [data.BatchSampler(data.load_split(data_dir, split), cfg.global_batch_tokens // cfg.seq_len,
+                                  cfg.seq_len, cfg.seed) for split in ("train", "val")]
     torch.manual_seed(cfg.seed)
-    raw_model = model_lib.GPT(mcfg).to(rt.device)
-    projector = None  # made after the model, so the model's init is the same for every objective
-    if cfg.objective == "nitp":
-        projector = NITPHead(mcfg.d_model, cfg.projector_hidden, cfg.projector, init_std=mcfg.init_std).to(rt.device)
-    params = list(raw_model.parameters()) + (list(projector.parameters()) if projector is not None else [])
+    model = model_lib.GPT(mcfg).to(rt.device)
+    projector = build_projector(cfg, mcfg)  # after the model: its init is the same for every objective
+    projector = projector.to(rt.device) if projector is not None else None
+    params = list(model.parameters()) + (list(projector.parameters()) if projector is not None else [])
     is_cuda = rt.device.type == "cuda"
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True if is_cuda else None)
-    run = types.SimpleNamespace(
-        cfg=cfg, mcfg=mcfg, rt=rt, raw_model=raw_model, model=torch.compile(raw_model) if cfg.compile else raw_model,
-        projector=projector, params=params, optimizer=optimizer, train_sampler=samplers[0], val_sampler=samplers[1],
-        grad_accum=cfg.global_batch_tokens // (micro_tokens * rt.world), eot=meta.get("eot_token", data.EOT),
-        autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda), meta=meta, data_dir=data_dir, step=0,
-        ckpt_path=os.path.join(cfg.out_dir, "ckpt.pt"), log_path=os.path.join(cfg.out_dir, "log.jsonl"))
+    run = Run(cfg=cfg, mcfg=mcfg, rt=rt, model=model, forward=torch.compile(model) if cfg.compile else model,
+              projector=projector, params=params, optimizer=optimizer, train_sampler=samplers[0],
+              val_sampler=samplers[1], grad_accum=cfg.global_batch_tokens // (micro_tokens * rt.world),
+              eot=meta.get("eot_token", data.EOT), autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda),
+              meta=meta, data_dir=data_dir, ckpt_path=os.path.join(cfg.out_dir, "ckpt.pt"),
+              log_path=os.path.join(cfg.out_dir, "log.jsonl"))
     os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.resume:
         if not os.path.exists(run.ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {run.ckpt_path}; drop --resume to start a new run")
         ckpt = torch.load(run.ckpt_path, map_location=rt.device, weights_only=True)
         check_resumable(ckpt, cfg, mcfg)
-        raw_model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
         if projector is not None:
             projector.load_state_dict(ckpt["projector"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -473,7 +364,7 @@ def build_run(cfg, mcfg, rt):
         write_jsonl(run.log_path, {
             "kind": "config", "train_config": dataclasses.asdict(cfg), "model_config": mcfg.to_dict(),
             "world_size": rt.world, "grad_accum": run.grad_accum, "device": str(rt.device),
-            "num_params": raw_model.num_params(), "num_params_active": raw_model.num_params(active=True),
+            "num_params": model.num_params(), "num_params_active": model.num_params(active=True),
             "projector_params": sum(p.numel() for p in projector.parameters()) if projector else 0}, mode="w")
     return run
 
@@ -481,11 +372,18 @@ def build_run(cfg, mcfg, rt):
 def save(run):
     if run.rt.master:
         save_checkpoint(run.ckpt_path, {
-            "model": run.raw_model.state_dict(), "model_config": run.mcfg.to_dict(),
+            "model": run.model.state_dict(), "model_config": run.mcfg.to_dict(),
             "train_config": dataclasses.asdict(run.cfg),
             "projector": run.projector.state_dict() if run.projector is not None else None,
             "optimizer": run.optimizer.state_dict(), "step": run.step, "tokenizer": run.meta.get("tokenizer", "gpt2"),
-            "data_dir": os.path.abspath(run.data_dir), "rng": torch.get_rng_state(), "world_size": run.rt.world})
+            "data_dir": data.repo_relative(run.data_dir), "rng": torch.get_rng_state(), "world_size": run.rt.world})
+
+
+def my_slices(run):
+    """[(first sequence, count)] of this process's micro-batches in a global batch: micro-batch m of rank r is
+    slice m * world + r, so the processes and micro-steps together read the whole global batch once."""
+    B, world = run.cfg.batch_size, run.rt.world
+    return [((m * world + run.rt.rank) * B, B) for m in range(run.grad_accum)]
 
 
 def train_step(run):
@@ -497,8 +395,8 @@ def train_step(run):
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     aux_trained = run.step >= cfg.nitp_start_step
-    batches = [run.train_sampler.get(run.step, m * rt.world + rt.rank).to(rt.device) for m in range(run.grad_accum)]
-    masks, pair_count = aux_pairs(cfg, run.eot, [b[:, :-1] for b in batches])
+    batches = [run.train_sampler.get(run.step, first, count).to(rt.device) for first, count in my_slices(run)]
+    masks, pair_count = aux_pair_masks(cfg, [b[:, :-1] for b in batches], run.eot)
     if rt.world > 1:
         dist.all_reduce(pair_count)
     pair_count = pair_count.float()
@@ -506,13 +404,12 @@ def train_step(run):
     for batch, mask in zip(batches, masks):
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
         with run.autocast:
-            ce_sum, aux_sum, balance, _ = forward_terms(run, x, y, aux_trained, mask)
-        loss_ntp = ce_sum / cfg.global_batch_tokens  # every position has a target: the global count is known
-        loss_balance = balance.float() / (run.grad_accum * rt.world)  # a per-micro-batch mean already
-        loss_aux = aux_sum / pair_count if aux_sum is not None else torch.zeros((), device=rt.device)
-        loss = loss_ntp + (mcfg.balance_coef * loss_balance if mcfg.n_routed_experts > 0 else 0.0)
-        if aux_sum is not None and aux_trained:
-            loss = loss + cfg.nitp_weight * loss_aux
+            terms = forward_terms(run.forward, run.projector, cfg, x, y, mask, aux_trained)
+        loss_ntp = terms.ce_sum / cfg.global_batch_tokens  # every position has a target: the global count is known
+        loss_balance = terms.balance.float() / (run.grad_accum * rt.world)  # a per-micro-batch mean already
+        loss_aux = terms.aux_sum / pair_count if terms.aux_sum is not None else torch.zeros((), device=rt.device)
+        loss = total_loss(loss_ntp, loss_aux if terms.aux_sum is not None and aux_trained else None, loss_balance,
+                          cfg.nitp_weight, balance_weight(mcfg))
         loss.backward()
         stats += torch.stack([loss_ntp, loss_aux, loss_balance]).detach().float()
     if rt.world > 1:
@@ -529,12 +426,12 @@ def train_step(run):
 def graceful_stop():
     """SIGINT / SIGTERM set `stop.requested`: the loop saves at the end of the step and returns cleanly; a
     second signal aborts at once. Installed only from the main thread; the old handlers come back on exit."""
-    stop = types.SimpleNamespace(requested=False)
+    stop = threading.Event()
 
     def on_signal(signum, frame):
-        if stop.requested:
+        if stop.is_set():
             raise KeyboardInterrupt
-        stop.requested = True
+        stop.set()
         print(f"\nsignal {signum}: saving a checkpoint after this step, then stopping", flush=True)
 
     in_main = threading.current_thread() is threading.main_thread()
@@ -549,59 +446,57 @@ def graceful_stop():
 def train(cfg: TrainConfig) -> TrainResult:
     """Train as configured (resolving the preset's defaults first) and return the final state."""
     cfg, mcfg = resolve_config(cfg)
-    rt = setup_runtime(cfg)
+    rt = runtime.start(cfg.device, cfg.cpu_malloc_tuning)
     try:
         run = build_run(cfg, mcfg, rt)
         with graceful_stop() as stop:
             history = training_loop(run, stop)
-        if rt.world > 1:  # rank 0 may still be saving; a rank that tore gloo down early died with SIGABRT
-            dist.barrier()
-        return TrainResult(run.raw_model, run.projector, cfg.out_dir, run.step, history)
+        runtime.barrier(rt)
+        return TrainResult(run.model, run.projector, cfg.out_dir, run.step, history)
     finally:
-        if rt.started_dist:
-            dist.destroy_process_group()
+        runtime.stop(rt)
 
 
 def training_loop(run, stop):
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     is_cuda = rt.device.type == "cuda"
-    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, projector_hidden=(cfg.projector_hidden or 4 * mcfg.d_model)
-                                      if cfg.objective == "nitp" and cfg.projector == "swiglu" else None)
+    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, projector_hidden=projector_hidden_width(cfg, mcfg))
     peak = cfg.peak_flops or model_lib.peak_bf16_flops(rt.device)  # None off CUDA and for unknown GPUs
+    aux_key = aux_loss_key(cfg.objective) if cfg.objective != "ntp" else None
     history, ema, ema_n, train_time, window = [], 0.0, 0, 0.0, [0.0, 0]  # window: seconds, steps since last log
     while run.step < cfg.max_steps:
         t0 = time.perf_counter()
         lr, weight, stats, grad_norm = train_step(run)
-        balance_weight = mcfg.balance_coef if mcfg.n_routed_experts else 0.0
-        ema = 0.9 * ema + 0.1 * (stats[0] + weight * stats[1] + balance_weight * stats[2])  # on device: no sync
+        ema = 0.9 * ema + 0.1 * total_loss(stats[0], stats[1], stats[2], weight, balance_weight(mcfg))  # no sync
+        stop_now = stop.is_set()
         if rt.world > 1:  # all ranks must agree to stop at the same step
-            flag = torch.tensor([float(stop.requested)], device=rt.device)
+            flag = torch.tensor([float(stop_now)], device=rt.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop.requested = bool(flag.item())
-        step, last = run.step, run.step == cfg.max_steps or stop.requested
+            stop_now = bool(flag.item())
+        step, last = run.step, run.step == cfg.max_steps or stop_now
         if step % cfg.log_interval == 0 or last:
             loss_ntp, loss_aux, loss_balance = stats.tolist()  # syncs the device, so the timing below is real
         dt = time.perf_counter() - t0  # the clock only runs during training steps (not eval, not saving)
         train_time, window, ema_n = train_time + dt, [window[0] + dt, window[1] + 1], ema_n + 1
 
         if step % cfg.log_interval == 0 or last:
-            loss = loss_ntp + weight * loss_aux + balance_weight * loss_balance
             tokens_per_s = window[1] * cfg.global_batch_tokens / window[0]
-            record = {"kind": "train", "step": step, "tokens": step * cfg.global_batch_tokens, "lr": lr, "loss": loss,
+            record = {"kind": "train", "step": step, "tokens": step * cfg.global_batch_tokens, "lr": lr,
+                      "loss": total_loss(loss_ntp, loss_aux, loss_balance, weight, balance_weight(mcfg)),
                       "loss_ntp": loss_ntp, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
                       "elapsed_s": train_time}
-            if cfg.objective != "ntp":
-                record[f"loss_{cfg.objective}"] = loss_aux
+            if aux_key:
+                record[aux_key] = loss_aux
             if mcfg.n_routed_experts:
                 record["loss_balance"] = loss_balance
             if is_cuda:
                 record["peak_mem_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
-                if peak:  # per-device model FLOPs utilisation, FLOPs from model.flops_per_token (NITP_SPEC 6)
-                    record["mfu"] = tokens_per_s * (flops["ntp"] + flops.get("nitp_extra", 0)) / rt.world / peak
+                if peak:  # per-device model FLOPs utilisation, FLOPs from model.flops_per_token
+                    record["mfu"] = tokens_per_s * (flops["ntp"] + flops["nitp_extra"]) / rt.world / peak
             history.append(record)
             if rt.master:
                 write_jsonl(run.log_path, record)
-                aux_text = f" {cfg.objective} {loss_aux:.4f}" if cfg.objective != "ntp" else ""
+                aux_text = f" {cfg.objective} {loss_aux:.4f}" if aux_key else ""
                 mfu_text = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
                 eta = (cfg.max_steps - step) * window[0] / window[1]
                 print(f"step {step:>5}/{cfg.max_steps} | loss (ema) {ema.item() / (1 - 0.9 ** ema_n):.4f} | ntp "
@@ -613,13 +508,14 @@ def training_loop(run, stop):
             history.append(record)
             if rt.master:
                 write_jsonl(run.log_path, record)
-                aux_text = f" | val {cfg.objective} {record[f'val_loss_{cfg.objective}']:.4f}" if cfg.objective != "ntp" else ""
-                print(f"eval  {step:>5} | val loss {record['val_loss']:.4f}{aux_text} | eff. rank "
-                      f"{record['effective_rank']:.1f} (target layer {record['target_effective_rank']:.1f}) | "
-                      f"avg cos {record['avg_cosine']:.3f}", flush=True)
+                aux_text = (f" | val {cfg.objective} {record[aux_loss_key(cfg.objective, 'val')]:.4f}"
+                            if aux_key else "")
+                print(f"eval  {step:>5} | val loss {record[VAL_LOSS]:.4f}{aux_text} | eff. rank "
+                      f"{record[EFFECTIVE_RANK]:.1f} (target layer {record[TARGET_EFFECTIVE_RANK]:.1f}) | "
+                      f"avg cos {record[AVG_COSINE]:.3f}", flush=True)
         if last or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
             save(run)
-        if stop.requested:
+        if stop_now:
             break
     if rt.master:
         print(f"done: step {run.step}/{cfg.max_steps}, {format_duration(train_time)} of training, "

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bench
+import objective
 import model as model_lib
 
 TINY = ["--device=cpu", "--rounds=3", "--warmup=1", "--layer_tokens=128"]
@@ -35,7 +36,7 @@ def test_json_fields_and_values(capsys):
     paper = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model, paper_mode=True)
     assert r["overhead_flops"] == full["nitp_ratio"] and r["overhead_flops_paper"] == paper["nitp_ratio"]
     assert r["flops_per_token_ntp"] == full["ntp"] and r["flops_per_token_nitp_extra"] == full["nitp_extra"]
-    assert abs(r["overhead_flops_9bA1b_paper"] - 0.023) < 0.001  # the paper's ~2.3% (NITP_SPEC section 6)
+    assert abs(r["overhead_flops_9bA1b_paper"] - 0.023) < 0.001  # the paper's ~2.3% (docs/method.md, "FLOPs accounting")
     assert 0 < r["overhead_flops_9bA1b_full"] < r["overhead_flops_9bA1b_paper"]  # + attention scores, dense block
     assert r["projector_ms"] > 0 and r["nitp_loss_ms"] > 0  # timed: only the sign is certain on a shared machine
     assert r["moe_layer"].startswith("tiny-moe") and r["moe_path"] == "loop, eager"
@@ -97,13 +98,13 @@ def test_interleaving_order():
 def test_ntp_step_skips_nitp_and_nitp_step_trains_the_projector(monkeypatch):
     cfg, mcfg = bench.resolve(bench.BenchConfig(preset="tiny-dense", device="cpu", seq_len=8))
     seen = []
-    real = bench.nitp_loss
+    real = objective.nitp_loss_terms
 
     def spy(pred, target, **kwargs):
         seen.append((pred.requires_grad, target.shape))
         return real(pred, target, **kwargs)
 
-    monkeypatch.setattr(bench, "nitp_loss", spy)
+    monkeypatch.setattr(objective, "nitp_loss_terms", spy)  # the step's loss comes from objective.forward_terms
     steps = bench.training_steps(cfg, mcfg, torch.device("cpu"), torch.autocast("cpu", enabled=False))
     steps["ntp"]()
     assert seen == []

@@ -6,6 +6,7 @@ import re
 import pytest
 
 import compare
+import train
 
 
 def test_parse_splits_own_flags_from_train_flags():
@@ -17,7 +18,7 @@ def test_parse_splits_own_flags_from_train_flags():
 # one bad flag each -> the phrase its error must contain
 BAD_FLAG_MESSAGES = {
     "--variants=ntp,nitpp": "unknown variant(s) nitpp", "--variants=ntp,ntp": "lists a name twice",
-    "--seeds=0": "--seeds must be >= 1", "--seeds=two": "expects an integer",
+    "--seeds=0": "--seeds must be >= 1", "--seeds=two": "'seeds' expects int",
     "--objective=ntp": "set by compare.py", "seeds=3": "expected --key=value",
 }
 
@@ -31,13 +32,27 @@ def test_bad_flags_are_named(flag):
 def test_train_flags_variant_then_user_then_run():
     cfg = compare.parse_args(["--preset=tiny-dense", "--n_layer=5"])
     flags = compare.train_flags(cfg, "deep_target", 7, compare.Path("out/x"))
-    # deep target = n_layer - 1, from the user's --n_layer override (not the preset's 2 layers)
-    assert flags == ["--objective=nitp", "--target_layer=4", "--preset=tiny-dense", "--n_layer=5", "--seed=7",
+    assert flags == ["--objective=nitp", "--target_layer=-2", "--preset=tiny-dense", "--n_layer=5", "--seed=7",
                      "--out_dir=out/x"]
-    flags = compare.train_flags(compare.parse_args([]), "deep_target", 1, compare.Path("o"))
-    assert "--target_layer=5" in flags  # the default preset "small" has 6 layers
     assert compare.train_flags(compare.parse_args([]), "shift0", 1, compare.Path("o"))[:2] == [
         "--objective=nitp", "--shift=0"]
+
+
+@pytest.mark.parametrize("user_flags, n_layer", [
+    ([], 6),                                      # the default preset "small"
+    (["--preset=tiny-dense", "--n_layer=5", "--seq_len=64"], 5),  # a depth override
+    (["--preset=gpt2-124m"], 12),                 # a preset with its own (shallow) target layer
+    (["--preset=9bA1b"], 24),
+    (["CONFIG_FILE"], 7),                         # the depth set in a config file
+])
+def test_deep_target_is_the_last_block_but_one_for_any_preset_depth_or_file(tmp_path, user_flags, n_layer):
+    """deep_target is n_layer - 1 (the deepest strict prefix), resolved by train.py for the model it builds."""
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('preset = "tiny-moe"\nn_layer = 7\nseq_len = 64\n')
+    user_flags = [f"--config={config_file}" if f == "CONFIG_FILE" else f for f in user_flags]
+    flags = compare.train_flags(compare.parse_args(user_flags), "deep_target", 1, tmp_path / "run")
+    cfg, mcfg = train.resolve_config(train.parse_config(flags))
+    assert mcfg.n_layer == n_layer and cfg.target_layer == n_layer - 1
 
 
 def _fake_result(variant, seed, **metrics):

@@ -1,5 +1,6 @@
-"""Tests for eval.py: exact geometry metrics, collection, probe, multiple-choice scorer, figures, report, errors.
+"""Tests for eval.py: collection, probe, multiple-choice scorer, per-run evaluation, the CLI end to end, errors.
 
+The metrics themselves are tested in test_metrics.py, the figures and report.md alone in test_report.py.
 Tiny shapes throughout. The end-to-end test builds its own run directories (a tiny GPT checkpoint in
 the contract format, a synthetic log.jsonl, a tiny val data dir) so it does not need train.py, and a
 character-level fake tokenizer + fake plays so it needs neither the GPT-2 BPE files nor the corpus.
@@ -8,6 +9,7 @@ character-level fake tokenizer + fake plays so it needs neither the GPT-2 BPE fi
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import torch
 import data
 import eval as ev
 import model as model_lib
+import report
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -39,13 +42,15 @@ def tiny_model(seed=0, **overrides):
     return model_lib.GPT(tiny_config(**overrides)).eval()
 
 
-def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40):
-    """A run directory in the contract format, as train.py would leave it."""
+def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, relative_data_dir=True):
+    """A run directory in the contract format, as train.py would leave it: data_dir stored relative to the
+    repository (relative_data_dir=False: an absolute path, as older checkpoints hold)."""
     run_dir.mkdir(parents=True)
     gpt = tiny_model(seed)
-    train_config = {"objective": objective, "max_steps": steps, "data_dir": str(data_dir)}
+    stored_data_dir = data.repo_relative(data_dir) if relative_data_dir else str(data_dir)
+    train_config = {"objective": objective, "max_steps": steps, "data_dir": stored_data_dir}
     torch.save({"model": gpt.state_dict(), "model_config": gpt.config.to_dict(), "train_config": train_config,
-                "projector": None, "optimizer": {}, "step": steps, "tokenizer": tokenizer, "data_dir": str(data_dir),
+                "projector": None, "optimizer": {}, "step": steps, "tokenizer": tokenizer, "data_dir": stored_data_dir,
                 "rng": torch.get_rng_state()}, run_dir / "ckpt.pt")
     lines = [{"kind": "config", "train_config": train_config, "model_config": gpt.config.to_dict()}]
     for step in range(steps):
@@ -76,72 +81,6 @@ def data_dir(tmp_path):
     (directory / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 128, "eot_token": 127,
                                                      "train_tokens": 300, "val_tokens": 300}))
     return directory
-
-
-# ---------------------------------------------------------------------------- metrics
-def test_effective_rank_of_rank_one_data_is_one():
-    direction = torch.randn(8)
-    X = torch.randn(50, 1) * direction + 3.0  # all variance along one direction, plus an offset
-    # the other eigenvalues are float64 round-off (~1e-30 relative): their entropy share is < 1e-9
-    assert ev.effective_rank(X) == pytest.approx(1.0, abs=1e-9)
-    assert ev.effective_rank(torch.ones(5, 3)) == 0.0  # no variance at all: defined as 0, not NaN
-
-
-def test_effective_rank_of_exactly_isotropic_data_is_d():
-    d = 6
-    X = torch.cat([torch.eye(d), -torch.eye(d)])  # rows +-e_i: mean 0, covariance exactly (2 / (2d - 1)) I
-    assert ev.effective_rank(X) == pytest.approx(d, abs=1e-9)
-
-
-def test_effective_rank_matches_closed_form_for_a_chosen_spectrum_and_ignores_shifts():
-    eigenvalues = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
-    d = len(eigenvalues)
-    basis = torch.cat([torch.eye(d), -torch.eye(d)]).double() * eigenvalues.sqrt()  # covariance diag(eigenvalues)
-    rotation, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
-    X = basis @ rotation.T  # same eigenvalues in a random basis
-    p = eigenvalues / eigenvalues.sum()
-    expected = math.exp(-(p * p.log()).sum().item())
-    assert ev.effective_rank(X) == pytest.approx(expected, rel=1e-10)
-    # covariance eigenvalues, not Roy & Vetterli's singular values: that definition would give another number
-    q = eigenvalues.sqrt() / eigenvalues.sqrt().sum()
-    assert abs(ev.effective_rank(X) - math.exp(-(q * q.log()).sum().item())) > 0.1
-    assert ev.effective_rank(X + torch.randn(d, dtype=torch.float64) * 100) == pytest.approx(expected, rel=1e-8)
-    assert ev.effective_rank(X.numpy().astype(np.float32)) == pytest.approx(expected, rel=1e-5)  # numpy, float32 in
-
-
-def test_effective_rank_of_a_white_cloud_is_close_to_d():
-    d, n = 8, 20000
-    X = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
-    # sample-covariance eigenvalues spread by ~ +-2 sqrt(d / n) = +-4%; the entropy is flat at its maximum,
-    # so the loss is second order: d * (1 - O(d / n)) ~ d - 0.005; 0.05 leaves a 10x margin
-    assert ev.effective_rank(X) == pytest.approx(d, abs=0.05)
-
-
-def test_singular_values_are_the_full_spectrum_of_the_centred_data():
-    X = torch.randn(20, 5, dtype=torch.float64)
-    s = ev.singular_values(X + 7.0)
-    centred = X - X.mean(0)
-    assert s.shape == (5,) and s.dtype == torch.float64 and torch.all(s[:-1] >= s[1:])
-    assert torch.allclose(s ** 2, torch.linalg.eigvalsh(centred.T @ centred).flip(0), rtol=1e-10)
-    with pytest.raises(ValueError, match="2-D"):
-        ev.singular_values(torch.randn(3, 4, 5))
-
-
-def test_avg_pairwise_cosine_identical_and_orthogonal_rows():
-    same_direction = torch.randn(1, 16) * torch.rand(30, 1).add(0.1)  # same direction, different norms
-    assert ev.avg_pairwise_cosine(same_direction, 500) == pytest.approx(1.0, abs=1e-12)
-    # two orthogonal rows: distinct pairs give exactly 0; pairing a row with itself would give ~0.5
-    assert ev.avg_pairwise_cosine(torch.eye(2), 500) == pytest.approx(0.0, abs=1e-12)
-    assert ev.avg_pairwise_cosine(torch.eye(7), 500) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_avg_pairwise_cosine_is_reproducible_with_a_generator_and_rejects_one_row():
-    X = torch.randn(40, 8)
-    a = ev.avg_pairwise_cosine(X, 100, torch.Generator().manual_seed(1))
-    b = ev.avg_pairwise_cosine(X, 100, torch.Generator().manual_seed(1))
-    assert a == b
-    with pytest.raises(ValueError, match="at least 2 rows"):
-        ev.avg_pairwise_cosine(torch.randn(1, 8), 10)
 
 
 # ---------------------------------------------------------------------------- collection
@@ -257,12 +196,16 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     out = tmp_path / "report"
     results = ev.main([str(r) for r in runs] + [f"--out={out}", "--max_tokens=200", "--num_mc=8", "--device=cpu",
                                                  "--probe_window=16", "--probe_per_play=4", "--num_pairs=500"])
-    for name in ev.FIGURES:
+    for name in report.FIGURES:
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 15_000, name  # a drawn figure, not an empty canvas
-    report = (out / "report.md").read_text()
-    assert "| ntp | ntp | 40 |" in report and "| nitp | nitp | 40 |" in report
-    assert all(f"]({name})" in report for name in ev.FIGURES)
+    text = (out / "report.md").read_text()
+    assert "| ntp | ntp | 40 |" in text and "| nitp | nitp | 40 |" in text
+    assert all(f"]({name})" in text for name in report.FIGURES)
+    # no absolute path of the machine: the held-out data and the run dirs are shown relative to the repository
+    # (from the repo to pytest's tmp dir that is "../../tmp/...": the tmp path may only follow a "..")
+    assert not re.search(r"(?<![\w.])" + re.escape(str(tmp_path)), text)
+    assert f"`{data.repo_relative(data_dir / 'val.bin')}`" in text and f"`{data.repo_relative(runs[1])}`" in text
     metrics = json.loads((out / "nitp" / "metrics.json").read_text())
     assert metrics["objective"] == "nitp" and metrics["eval_tokens"] == 200 and metrics["mc"]["n"] == 8
     assert 1.0 <= metrics["effective_rank"] <= 32 and len(metrics["layers"]) == 4
@@ -315,6 +258,17 @@ def test_cli_options_are_eval_config_fields_with_strict_booleans():
     assert args.probe is False and args.seq_len is None and args.max_tokens == 64 and args.mc is True
     with pytest.raises(SystemExit):
         ev._parser().parse_args(["run", "--out=rep", "--probe=flase"])
+    # "none" is None only for an optional field: a str option keeps it (mc_normalization="none" is a choice)
+    assert ev._parser().parse_args(["run", "--out=rep", "--mc_normalization=none"]).mc_normalization == "none"
+    with pytest.raises(SystemExit):
+        ev._parser().parse_args(["run", "--out=rep", "--max_tokens=none"])
+
+
+def test_device_is_resolved_by_runtime():
+    assert ev._resolve_device(ev.EvalConfig(device="cpu")).device == "cpu"
+    assert ev._resolve_device(ev.EvalConfig()).device in ("cpu", "cuda:0")  # auto
+    with pytest.raises(ValueError, match="not a device"):
+        ev._resolve_device(ev.EvalConfig(device="gpu"))
 
 
 @pytest.mark.slow
@@ -329,8 +283,9 @@ def test_builtin_shakespeare_tasks_hold_out_whole_plays():
     assert len(questions) == 50 and all(c in val_lines for q in questions for c in q["choices"])
 
 
-def test_evaluate_run_is_callable_on_a_run_dir_alone(tmp_path, data_dir):
-    run = write_run(tmp_path / "nitp", "nitp", data_dir)
+@pytest.mark.parametrize("relative_data_dir", [True, False], ids=["repo-relative", "absolute (older checkpoints)"])
+def test_evaluate_run_is_callable_on_a_run_dir_alone(tmp_path, data_dir, relative_data_dir):
+    run = write_run(tmp_path / "nitp", "nitp", data_dir, relative_data_dir=relative_data_dir)
     cfg = ev.EvalConfig(max_tokens=100, num_pairs=200, probe=False, mc=False, device="cpu")
     metrics = ev.evaluate_run(run, cfg)  # held-out tokens from the checkpoint's data_dir
     assert metrics["eval_tokens"] == 100 and metrics["step"] == 40 and "probe" not in metrics

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from nitp_loss import (LOSS_TYPES, NITPHead, nitp_loss, nitp_loss_terms, pairwise_cosine_penalty,
-                       pairwise_cosine_penalty_terms)
+from nitp_loss import (LOSS_TYPES, NITPHead, counted_pairs, document_pair_mask, nitp_loss, nitp_loss_terms,
+                       nitp_pair_mask, pairwise_cosine_penalty, pairwise_cosine_penalty_terms, pairwise_pair_count)
 
 TOL = 1e-9  # float64 vs float64, see module docstring
 
@@ -185,7 +185,8 @@ def test_gradcheck_penalty_and_head():
     assert torch.autograd.gradcheck(lambda x: nitp_loss(head(x), target, valid), (h,))
 
 
-# ---------------------------------------------------------------------------- the paper's analysis (section 3)
+# ---------------------------------------------------------------------------- the paper's analysis
+# (docs/method.md, "Curvature of the cosine loss")
 @pytest.mark.parametrize("seed,d", [(0, 8), (1, 11), (2, 16), (3, 16)])
 def test_cosine_gradient_and_hessian_match_the_paper(seed, d):
     g = torch.Generator().manual_seed(seed)
@@ -269,6 +270,48 @@ def test_zero_vectors_give_finite_loss_and_grad(loss_type):
     if loss_type == "cosine":  # eps convention: a zero vector has cosine 0 with everything
         zero = torch.zeros(1, 2, 3)
         assert nitp_loss(zero, torch.ones(1, 2, 3)).item() == 1.0
+
+
+# ---------------------------------------------------------------------------- pairing masks and counts
+EOT = 50256
+
+
+def test_document_pair_mask_drops_only_pairs_that_cross_a_document_end():
+    x = torch.tensor([[5, 6, EOT, 7, 8, EOT]])
+    # shift 1: pair t=2 (h at EOT -> first token of the next document) crosses; (6 -> EOT) stays
+    assert document_pair_mask(x, 1, EOT).tolist() == [[True, True, False, True, True]]
+    # shift 2: a pair crosses when EOT sits at t or t+1
+    assert document_pair_mask(x, 2, EOT).tolist() == [[True, False, False, True]]
+    assert document_pair_mask(x, 0, EOT).all()
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_pair_masks_and_counts_agree_with_the_loss_and_a_loop(seed, shift):
+    """The count train.py divides by (nitp_pair_mask's sum, known before the forward pass) is exactly the count
+    nitp_loss_terms averages over, and both equal a loop over (t, t + shift) on random masks and documents."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 3, 9
+    tokens = torch.randint(0, 4, (B, T), generator=g)
+    tokens[tokens == 3] = EOT  # about a quarter of the positions end a document
+    valid = torch.rand(B, T, generator=g) < 0.7
+    pair_valid = torch.rand(B, T - shift, generator=g) < 0.6
+    pred, target = torch.randn(B, T, 4, generator=g), torch.randn(B, T, 4, generator=g)
+    # counted_pairs: both ends valid and the pair allowed, for every loss path
+    loop = sum(bool(valid[b, t] and valid[b, t + shift] and pair_valid[b, t]) for b in range(B) for t in range(T - shift))
+    assert counted_pairs(valid, shift, pair_valid).sum().item() == loop
+    assert nitp_loss_terms(pred, target, valid, shift, pair_valid=pair_valid)[1].item() == loop
+    # nitp_pair_mask: every position a real token; a pair crosses a document end when EOT is in tokens[t : t + shift]
+    for separator in (None, EOT):
+        mask = nitp_pair_mask(tokens, shift, separator)
+        loop = sum(separator is None or EOT not in tokens[b, t:t + shift].tolist()
+                   for b in range(B) for t in range(T - shift))
+        assert mask.shape == (B, T - shift) and mask.sum().item() == loop
+        assert nitp_loss_terms(pred, target, shift=shift, pair_valid=mask)[1].item() == loop
+    # the penalty's count: ordered pairs i != j of valid positions per sequence
+    n = valid.sum(1).tolist()
+    assert pairwise_pair_count(valid).item() == sum(k * (k - 1) for k in n)
+    assert pairwise_cosine_penalty_terms(pred, valid)[1].item() == sum(k * (k - 1) for k in n)
 
 
 def test_penalty_matches_loop_reference():

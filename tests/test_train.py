@@ -187,7 +187,7 @@ def test_losses_are_normalised_by_the_global_pair_count(tmp_path, data_dir):
     be the mean over ALL pairs of the global batch (not a mean of per-micro-batch means), and CE the mean
     over all tokens. Recomputed here from the initial weights on the concatenated global batch."""
     from model import GPT
-    from nitp_loss import NITPHead, nitp_loss
+    from nitp_loss import NITPHead, document_pair_mask, nitp_loss
     cfg = tiny_config(tmp_path, data_dir, objective="nitp", mask_doc_boundary=True, max_steps=1, global_batch_tokens=128,
                       eval_batches=0)
     train.train(cfg)
@@ -196,9 +196,9 @@ def test_losses_are_normalised_by_the_global_pair_count(tmp_path, data_dir):
     torch.manual_seed(cfg.seed)  # the same init as build_run: model first, then the projector
     model = GPT(mcfg)
     projector = NITPHead(mcfg.d_model, None, "swiglu", init_std=mcfg.init_std)
-    sampler = train.data.BatchSampler(train.data.load_split(data_dir, "train"), cfg.batch_size, cfg.seq_len, cfg.seed)
-    micro = [sampler.get(0, m) for m in range(4)]  # grad_accum = 128 / (2 * 16)
-    masks = [train.pair_valid_mask(b[:, :-1], 1, EOT) for b in micro]
+    sampler = train.data.BatchSampler(train.data.load_split(data_dir, "train"), 8, cfg.seq_len, cfg.seed)
+    micro = [sampler.get(0, 2 * m, 2) for m in range(4)]  # grad_accum = 128 / (2 * 16)
+    masks = [document_pair_mask(b[:, :-1], 1, EOT) for b in micro]
     assert len({int(m.sum()) for m in masks}) > 1, "pick data where the micro-batches' pair counts differ"
     batch = torch.cat(micro)
     with torch.no_grad():
@@ -338,15 +338,6 @@ def test_main_reports_errors_without_a_traceback(capsys):
 
 
 # ---------------------------------------------------------------------------- building blocks
-def test_pair_valid_mask_drops_only_pairs_that_cross_a_document_end():
-    x = torch.tensor([[5, 6, EOT, 7, 8, EOT]])
-    # shift 1: pair t=2 (h at EOT -> first token of the next document) crosses; (6 -> EOT) stays
-    assert train.pair_valid_mask(x, 1, EOT).tolist() == [[True, True, False, True, True]]
-    # shift 2: a pair crosses when EOT sits at t or t+1
-    assert train.pair_valid_mask(x, 2, EOT).tolist() == [[True, False, False, True]]
-    assert train.pair_valid_mask(x, 0, EOT).all()
-
-
 def test_lr_schedules():
     cfg = train.TrainConfig(lr=1.0, max_steps=100, warmup_steps=10, decay_frac=0.2, min_lr_frac=0.1)
     lrs = [train.lr_at(s, cfg) for s in range(100)]

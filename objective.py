@@ -1,0 +1,136 @@
+"""objective.py: the training objective of one forward pass, assembled in one place.
+
+    loss = CE + balance_coef * MoE balance loss + nitp_weight * aux
+
+aux is NITP (the projector of the last hidden state h_t against the implicit token z_{t+shift} taken from
+block `target_layer` of the same pass, nitp_loss.py) or, for the ablation table's generic regulariser,
+the mean pairwise cosine of h. ObjectiveConfig holds every switch of the paper's ablation table with the
+paper's choice as default (docs/method.md, "Ablations and their flags"); train.py's TrainConfig extends
+it, bench.py builds one directly. Each term comes out of `forward_terms` as a (sum, count) pair so that
+train.py can divide every micro-batch by the global count of the step (so the step does not depend on how
+the batch is split over micro-batches and processes); `total_loss` is the one formula that combines the
+terms, for the backward pass and for the logs alike.
+
+Imports torch, model.py and nitp_loss.py. Nothing runs at import.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nitp_loss import (HEAD_KINDS, LOSS_TYPES, NITPHead, nitp_loss_terms, nitp_pair_mask, pairwise_cosine_penalty_terms,
+                       pairwise_pair_count)
+
+OBJECTIVES, ATTACH = ("ntp", "nitp", "cosreg"), ("post_norm", "pre_norm")
+
+
+# ---------------------------------------------------------------------------- configuration
+@dataclass
+class ObjectiveConfig:
+    objective: str = "nitp"                 # ntp | nitp | cosreg
+    nitp_weight: float | None = None        # lambda (also cosreg's weight); None: the preset's, else 1.0
+    target_layer: int | None = None         # 0 = embedding, k = after block k, -1 = last; None: the preset's
+    shift: int = 1                          # h_t predicts z_{t+shift}; 0 = the current-step ablation
+    loss_type: str = "cosine"               # cosine | mse | smooth_l1 | kl
+    stop_grad: bool = True                  # no gradient into the target
+    nitp_start_step: int = 0                # delayed start: before it the term is logged, not trained
+    projector: str = "swiglu"               # swiglu | linear | none
+    projector_hidden: int | None = None     # swiglu width; None: 4 * d_model
+    attach: str = "post_norm"               # h = final hidden after the final norm | pre_norm: after the last block
+    mask_doc_boundary: bool = False         # drop pairs that cross an <|endoftext|> (nitp_loss.document_pair_mask)
+
+
+def resolve_objective(cfg, mcfg):
+    """cfg (an ObjectiveConfig or a subclass) with target_layer and nitp_weight resolved for the model mcfg
+    (model.GPTConfig.nitp_defaults: the flag, else the preset's, else the rule of thumb); ValueError naming a
+    bad value and its fix."""
+    target, weight = mcfg.nitp_defaults(cfg.target_layer, cfg.nitp_weight)
+    cfg = dataclasses.replace(cfg, target_layer=target, nitp_weight=weight)
+    for ok, message in [
+        (cfg.objective in OBJECTIVES, f"objective={cfg.objective!r}; use one of {OBJECTIVES}"),
+        (0 <= target <= mcfg.n_layer, f"target_layer={target} is outside [0, n_layer={mcfg.n_layer}] (0 = embedding "
+                                      "output, k = after block k, -1 = after the last); pass --target_layer=K in range"),
+        (cfg.loss_type in LOSS_TYPES, f"loss_type={cfg.loss_type!r}; use one of {LOSS_TYPES}"),
+        (cfg.projector in HEAD_KINDS, f"projector={cfg.projector!r}; use one of {HEAD_KINDS}"),
+        (cfg.attach in ATTACH, f"attach={cfg.attach!r}; use one of {ATTACH}"),
+    ]:
+        if not ok:
+            raise ValueError(message)
+    return cfg
+
+
+def build_projector(cfg, mcfg):
+    """The NITP head for an nitp objective, else None. Made after the model so that the model's initial weights
+    are the same for every objective (same seed, same draws)."""
+    if cfg.objective != "nitp":
+        return None
+    return NITPHead(mcfg.d_model, cfg.projector_hidden, cfg.projector, init_std=mcfg.init_std)
+
+
+def projector_hidden_width(cfg, mcfg) -> int | None:
+    """The SwiGLU projector's hidden width, for the FLOPs accounting; None when there is no SwiGLU projector."""
+    if cfg.objective != "nitp" or cfg.projector != "swiglu":
+        return None
+    return cfg.projector_hidden or 4 * mcfg.d_model
+
+
+def balance_weight(mcfg) -> float:
+    """The MoE balance loss's weight: balance_coef for a model with routed experts, else 0."""
+    return mcfg.balance_coef if mcfg.n_routed_experts else 0.0
+
+
+# ---------------------------------------------------------------------------- the terms of one pass
+def aux_pair_masks(cfg, inputs, separator):
+    """(one mask per input, total pair count as 0-dim float64) of the aux objective over this process's input
+    batches [(B, T)], known before any forward pass (every position is a real token). NITP: nitp_loss's pair
+    mask (dropping pairs across a separator when cfg.mask_doc_boundary); cosreg: the ordered pairs i != j
+    of each sequence; ntp: no pairs."""
+    device = inputs[0].device
+    if cfg.objective == "nitp":
+        masks = [nitp_pair_mask(x, cfg.shift, separator if cfg.mask_doc_boundary else None) for x in inputs]
+        return masks, sum(m.sum() for m in masks).double()
+    if cfg.objective == "cosreg":
+        count = sum(pairwise_pair_count(torch.ones_like(x, dtype=torch.bool)) for x in inputs)
+        return [None] * len(inputs), torch.as_tensor(count, dtype=torch.float64, device=device)
+    return [None] * len(inputs), torch.zeros((), dtype=torch.float64, device=device)
+
+
+@dataclass
+class LossTerms:
+    ce_sum: torch.Tensor                # 0-dim: summed next-token cross-entropy over the batch's positions
+    aux_sum: torch.Tensor | None        # 0-dim: summed aux loss over the counted pairs (None for ntp)
+    balance: torch.Tensor               # 0-dim: MoE balance loss of this micro-batch (0 for a dense model)
+
+
+def forward_terms(model, projector, cfg, x, y, pair_mask=None, aux_trained=True) -> LossTerms:
+    """One forward pass of `model` on x (B, T) with targets y (B, T) -> LossTerms. The NITP target is
+    layers[target_layer] of this same pass; h is the final hidden state (attach=post_norm) or the residual
+    after the last block (pre_norm). Before nitp_start_step (aux_trained=False) the aux term is computed
+    without gradient: logged, not trained. pair_mask: from aux_pair_masks."""
+    n_layer = len(model.blocks) if hasattr(model, "blocks") else model.config.n_layer
+    taps = {cfg.target_layer} | ({n_layer} if cfg.attach == "pre_norm" else set())
+    out = model(x, layers=tuple(sorted(taps)))
+    ce_sum = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+    h = out.final_hidden if cfg.attach == "post_norm" else out.layers[n_layer]  # (B, T, d)
+    aux_sum = None
+    with torch.set_grad_enabled(torch.is_grad_enabled() and aux_trained):
+        if cfg.objective == "nitp":
+            aux_sum, _ = nitp_loss_terms(projector(h), out.layers[cfg.target_layer], shift=cfg.shift,
+                                         loss_type=cfg.loss_type, stop_grad=cfg.stop_grad, pair_valid=pair_mask)
+        elif cfg.objective == "cosreg":
+            aux_sum, _ = pairwise_cosine_penalty_terms(h)
+    return LossTerms(ce_sum, aux_sum, out.balance_loss)
+
+
+def total_loss(loss_ntp, loss_aux=None, loss_balance=None, aux_weight=0.0, balance_coef=0.0):
+    """The objective from its normalised parts (tensors or floats): loss_ntp + balance_coef * loss_balance +
+    aux_weight * loss_aux, a part left out when it is None (so a dense model or an untrained aux term adds
+    nothing to the graph)."""
+    loss = loss_ntp
+    if loss_balance is not None and balance_coef:
+        loss = loss + balance_coef * loss_balance
+    if loss_aux is not None:
+        loss = loss + aux_weight * loss_aux
+    return loss

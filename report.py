@@ -1,0 +1,249 @@
+"""report.py: the figures and the markdown report of an evaluation, drawn from eval.py's per-run results.
+
+eval.py measures (geometry, probe, multiple choice); this file only shows what it measured. Its input is
+the list of per-run result dicts that eval.evaluate_run returns (the same dicts as NAME/metrics.json):
+scalars at the top level under the keys of metrics.py (val_loss, effective_rank, avg_cosine), per-layer
+spectra in "layers", the log.jsonl history in "history", and the nested "probe" / "mc" results when those
+ran. eval.make_report words the held-out data with heldout_note, then calls write_all, which writes
+
+    for name, (plot, caption) in FIGURES.items(): plot(results, out_dir / name)    # five PNGs
+    NAME/metrics.json                                                               # each result as it is
+    write_report(results, out_dir, cfg, data_note)                                  # report.md
+
+Figures: the spectrum of the last hidden states, the spectra of every layer, effective rank and average
+cosine vs training step (the paper's Figure 1), the NITP loss curve, the effective rank by depth. Runs of
+one group (the seeds of one variant) share a colour and differ by dash pattern. Paths in report.md are
+relative to the repository (data.repo_relative), never a machine's absolute path, so a report can be
+committed or sent as it is.
+
+The only file that imports matplotlib, through its object API (Figure, no pyplot): no global backend switch,
+no display needed. Imports metrics.py (the result keys) and data.py (repo_relative), never eval.py.
+Nothing runs at import.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch, no display
+
+import data
+import metrics
+
+
+# ---------------------------------------------------------------------------- figures
+def _save(fig, path) -> str:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return str(path)
+
+
+def _no_data(ax, message):
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
+
+
+def _styles(results) -> list[dict]:
+    """Matplotlib style per run: one colour per group (the run folder's name, e.g. every seed of `nitp`),
+    one dash pattern per run within its group."""
+    groups = list(dict.fromkeys(r.get("group", r["name"]) for r in results))
+    seen, styles = {}, []
+    for r in results:
+        g = r.get("group", r["name"])
+        seen[g] = seen.get(g, -1) + 1
+        styles.append({"color": f"C{groups.index(g) % 10}", "ls": ("-", "--", ":", "-.")[seen[g] % 4]})
+    return styles
+
+
+def plot_final_spectra(results, path) -> str:
+    """Figure 1: normalised singular values of the last hidden states, all runs overlaid."""
+    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
+    for r, style in zip(results, _styles(results)):
+        s = np.asarray(r["layers"][-1]["singular_values"])
+        ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), **style,
+                label=f"{r['label']}: eff. rank {r[metrics.EFFECTIVE_RANK]:.1f}")
+    ax.set(yscale="log", xlabel="index i (singular values sorted, largest first)", ylabel="σ_i / σ_1  (log scale)",
+           title="Spectrum of the last hidden states (final-norm output, mean-centred)\n"
+                 "normalised by the largest; a flatter curve = higher rank, less collapse")
+    ax.grid(alpha=0.3), ax.legend()
+    return _save(fig, path)
+
+
+def plot_layer_spectra(results, path) -> str:
+    """Figure 2: one panel per group (its first run: one seed per variant), one spectrum per layer by depth."""
+    first_of_group = {}
+    for r in results:
+        first_of_group.setdefault(r.get("group", r["name"]), r)
+    results = list(first_of_group.values())
+    fig = Figure(figsize=(5.5 * len(results) + 1, 4.8))
+    axes = fig.subplots(1, len(results), sharey=True, squeeze=False)[0]
+    for ax, r in zip(axes, results):
+        norm, cmap = Normalize(0, len(r["layers"]) - 1), colormaps["viridis"]
+        for depth, layer in enumerate(r["layers"]):
+            s = np.asarray(layer["singular_values"])
+            ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), color=cmap(norm(depth)), lw=1.2)
+        ax.set(yscale="log", title=r["label"], xlabel="index i (largest first)")
+        ax.grid(alpha=0.3)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="layer depth")
+        ticks = np.unique(np.linspace(0, len(r["layers"]) - 1, min(len(r["layers"]), 7)).round().astype(int))
+        bar.set_ticks(ticks, labels=[r["layers"][t]["name"] for t in ticks])
+    axes[0].set_ylabel("σ_i / σ_1  (log scale)")
+    fig.suptitle("Singular-value spectra of every layer's representations (mean-centred, normalised by the largest)")
+    return _save(fig, path)
+
+
+def plot_geometry_history(results, path) -> str:
+    """Figure 3 (the paper's Figure 1): effective rank and average cosine of the last hidden states vs step."""
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
+    for ax, key, ylabel in zip(axes, (metrics.EFFECTIVE_RANK, metrics.AVG_COSINE),
+                               ("effective rank", "average pairwise cosine")):
+        drawn = False
+        for r, style in zip(results, _styles(results)):
+            points = [(e["step"], e[key]) for e in r["history"]["eval"] if e.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, **style, label=r["label"])
+                drawn = True
+        ax.set(xlabel="training step", ylabel=ylabel, title=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend() if drawn else _no_data(ax, f"no eval lines with '{key}' in any log.jsonl")
+    fig.suptitle("Geometry of the last hidden states during training (each run's log.jsonl eval lines)")
+    return _save(fig, path)
+
+
+def _moving_average(values, half_width: int) -> np.ndarray:
+    """Centred moving average over 2 * half_width + 1 points, symmetric windows shrinking at the ends: unlike
+    an EMA it does not lag, so the early drop and the warm-up hump stay where they happened."""
+    sums, index = np.concatenate([[0.0], np.cumsum(values)]), np.arange(len(values))
+    half = np.minimum(np.minimum(index, len(values) - 1 - index), half_width)
+    return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
+
+
+def plot_nitp_loss(results, path) -> str:
+    """Figure 4: the NITP loss (train loss_nitp vs step), raw and smoothed."""
+    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
+    drawn = False
+    for r, style in zip(results, _styles(results)):
+        points = r["history"]["train_nitp"]
+        if not points:
+            continue
+        steps, losses = zip(*points)
+        ax.plot(steps, losses, color=style["color"], alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None, ms=3)
+        ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=r["label"])
+        drawn = True
+    ax.set(yscale="log", xlabel="training step", ylabel="L_NITP = mean(1 - cos(P(h_t), z_t+1))  (log scale)",
+           title="NITP auxiliary loss during training (train lines of log.jsonl)\n"
+                 "light: every logged value; dark: centred moving average over ~1% of the run")
+    ax.grid(alpha=0.3)
+    ax.legend() if drawn else _no_data(ax, f"no run logged {metrics.aux_loss_key('nitp')} (only NTP runs given)")
+    return _save(fig, path)
+
+
+def plot_rank_by_layer(results, path) -> str:
+    """Figure 5: effective rank of every layer's representations, all runs overlaid."""
+    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
+    for r, style in zip(results, _styles(results)):
+        ax.plot(range(len(r["layers"])), [layer[metrics.EFFECTIVE_RANK] for layer in r["layers"]], marker="o", **style,
+                label=r["label"])
+    deepest = max(results, key=lambda r: len(r["layers"]))["layers"]
+    ax.set_xticks(range(len(deepest)), [layer["name"].replace("block ", "") for layer in deepest])
+    ax.set(xlabel="layer (embedding, block 1..L, final norm)", ylabel="effective rank",
+           title="Effective rank of the representations at every depth\n(held-out tokens, covariance eigenvalues)")
+    ax.grid(alpha=0.3), ax.legend()
+    return _save(fig, path)
+
+
+FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value spectra of the last hidden states."),
+           "spectra_layers.png": (plot_layer_spectra,
+                                  "Spectra of every layer, one panel per run (first seed of each), by depth."),
+           "geometry_vs_step.png": (plot_geometry_history,
+                                    "Effective rank and average cosine during training (log.jsonl)."),
+           "nitp_loss.png": (plot_nitp_loss, "NITP loss curve of the NITP runs."),
+           "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
+
+
+# ---------------------------------------------------------------------------- report
+def write_all(results, out_dir, cfg, data_note: str) -> Path:
+    """Everything eval.make_report leaves in OUT_DIR: the five figures, NAME/metrics.json per run, report.md.
+
+    `results` are eval.evaluate_run's dicts (their names unique); returns the path of report.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (plot, _) in FIGURES.items():
+        plot(results, out_dir / name)
+    for r in results:
+        (out_dir / r["name"]).mkdir(exist_ok=True)
+        (out_dir / r["name"] / "metrics.json").write_text(json.dumps(r, indent=1))
+    return write_report(results, out_dir, cfg, data_note)
+
+
+def heldout_note(heldout_path, eval_tokens: int, seq_len: int, tokenizer_name: str, trained_on) -> str:
+    """The report's paragraph on the held-out tokens; `trained_on`: each run's training data dir (None: unknown).
+    Paths are shown relative to the repository."""
+    note = (f"Held-out tokens: the first {eval_tokens} tokens of `{data.repo_relative(heldout_path)}`, in windows "
+            f"of {seq_len} tokens, the same for every run (tokenizer {tokenizer_name}).")
+    shown = {data.repo_relative(d) if d else "unknown" for d in trained_on}
+    if len(shown) > 1:
+        note += f" Note: the runs were trained on different data ({', '.join(sorted(shown))})."
+    return note
+
+
+def _fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def write_report(results, out_dir, cfg, data_note: str) -> Path:
+    """OUT_DIR/report.md: a summary table (one row per run), one table per run, the figures, how it is measured.
+
+    `cfg` is eval.py's EvalConfig (anything with num_pairs, probe_window, probe_l2, mc_normalization and
+    mc_context_lines), for the settings the last section states; `data_note` is the paragraph under the title
+    saying which held-out tokens were used. Run directories are shown relative to the repository."""
+    out_dir = Path(out_dir)
+    rows = ["| run | objective | steps | val loss | eff. rank (final) | avg cos (final) | probe acc ± se (majority) "
+            "| MC acc ± se (chance) |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        probe = mc = "-"
+        if "probe" in r:
+            p = r["probe"]
+            probe = f"{_fmt(p['accuracy'])} ± {_fmt(p['stderr'])} ({_fmt(p['majority_baseline'])})"
+        if "mc" in r:
+            mc = f"{_fmt(r['mc']['accuracy'])} ± {_fmt(r['mc']['stderr'])} ({_fmt(r['mc']['chance'], '.2f')})"
+        rows.append(f"| {r['name']} | {r['objective']} | {r['step']} | {_fmt(r[metrics.VAL_LOSS])} | "
+                    f"{r[metrics.EFFECTIVE_RANK]:.1f} / {r['effective_rank_max']} | {r[metrics.AVG_COSINE]:.3f} | "
+                    f"{probe} | {mc} |")
+    lines = ["# NITP evaluation report", "", data_note, "", *rows, ""]
+    for r in results:
+        layer_ranks = ", ".join(f"{layer['name']} {layer[metrics.EFFECTIVE_RANK]:.1f}" for layer in r["layers"])
+        lines += [f"### {r['label']}", "", "| metric | value |", "|---|---|",
+                  f"| run dir | `{r['run_dir']}` |",
+                  f"| val loss (eval.py / last log eval) | {_fmt(r[metrics.VAL_LOSS], '.4f')} / "
+                  f"{_fmt(r['val_loss_log'], '.4f')} |",
+                  f"| effective rank by layer | {layer_ranks} |"]
+        if "probe" in r:
+            p = r["probe"]
+            lines.append(f"| probe | {p['n_train']} train / {p['n_test']} test passages of {p['passage_tokens']} "
+                         f"tokens, classes {', '.join(p['classes'])} |")
+        if "mc" in r:
+            lines.append(f"| multiple choice | {r['mc']['n']} questions, normalisation: "
+                         f"{r['mc']['normalization']} |")
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{caption}]({name})\n\n*{caption}*\n" for name, (_, caption) in FIGURES.items()]
+    lines += ["## How these numbers are measured", "",
+              "* **Effective rank**: mean-centre the representations, eigenvalues of their covariance, normalised to a "
+              "distribution p, exp(entropy(p)); shown with its maximum min(N - 1, d). **Average cosine**: "
+              f"{cfg.num_pairs} random pairs of distinct tokens, each vector L2-normalised. Final = after the "
+              "final norm (the unembedding's input).",
+              "* **Spectra**: singular values of the mean-centred representations, divided by the largest.",
+              "* **Probe** (frozen, no fine-tuning): mean-pooled, L2-normalised last hidden states of "
+              f"passages of {cfg.probe_window} tokens (or block_size if shorter); multinomial logistic regression "
+              f"(LBFGS, L2 {cfg.probe_l2}). Built-in "
+              "task: genre of the play, whole val plays held out; 'roman' plays count as tragedies, 'problem' plays "
+              "and romances are dropped. Majority = accuracy of always predicting the most frequent test class.",
+              "* **Multiple choice**: argmax of the log-likelihood of each choice given the context, divided by the "
+              f"choice's length ({cfg.mc_normalization}; 'char' = UTF-8 bytes, lm-eval's acc_norm). Built-in task: the "
+              f"true next line of a held-out play after {cfg.mc_context_lines} lines of context vs 3 lines of the same "
+              "play. ± is the binomial standard error sqrt(p(1-p)/n).", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,185 @@
+"""runtime.py: what the scripts share: `--key=value` flags into dataclasses, the device, CPU speed settings.
+
+train.py, bench.py and compare.py read their options the same way: every field of a config dataclass is a
+`--field=value` flag (a bare `--flag` means true, `none` means None for an optional field); an unknown key
+or a value of the wrong type is a ValueError naming the key and what it expects. The device is resolved
+here once: `auto | cpu | cuda | cuda:N` on one process, `cuda:LOCAL_RANK` for every rank under torchrun.
+On CPU, two settings matter more than any code change (docs/method.md, "CPU speed traps"): flushing
+denormals and keeping glibc from returning big buffers to the OS after every step.
+
+Imports only torch and the standard library. Nothing runs at import.
+"""
+
+import ctypes
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
+
+
+# ---------------------------------------------------------------------------- flags
+def coerce_value(key, value, hint, from_cli: bool):
+    """`value` as field `key` of type `hint` (int, float, bool, str, dict or X | None); ValueError naming both.
+    from_cli: a string typed on the command line; else a typed value from a TOML / JSON file."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    bad = ValueError(f"config key {key!r} expects {base.__name__}{' or none' if optional else ''}, got {value!r}")
+    if from_cli:
+        if optional and value.lower() in ("none", "null"):
+            return None
+        if base is bool:
+            if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise ValueError(f"config key {key!r} expects a bool (true/false/1/0), got {value!r}")
+            return value.lower() in TRUE_WORDS
+        try:
+            return base(value)
+        except (ValueError, TypeError):
+            raise bad from None
+    if value is None and optional:
+        return None
+    if base is bool and type(value) is int and value in (0, 1):
+        return bool(value)
+    if base is float and type(value) is int:
+        return float(value)
+    if type(value) is not base:
+        raise bad
+    return value
+
+
+def split_flags(argv) -> list[tuple[str, str]]:
+    """[(key, value, the argument as typed)] of `--key=value` arguments, in order; a bare `--flag` gives "true"."""
+    flags = []
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ValueError(f"unknown option {arg!r}: expected --key=value")
+        key, eq, value = arg[2:].partition("=")
+        flags.append((key, value if eq else "true", arg))
+    return flags
+
+
+def wants_help(argv) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def flag_help(cls, skip=()) -> list[str]:
+    """One `--field=default` line per field of dataclass `cls`, for --help."""
+    return [f"  --{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.name not in skip]
+
+
+def parse_flags(argv, cls, program: str):
+    """An instance of dataclass `cls` from `--field=value` flags; ValueError for an unknown or mistyped one."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, text, arg in split_flags(argv):
+        if key not in hints:
+            raise ValueError(f"unknown option {arg!r}; {program} takes --key=value with key in: {', '.join(hints)}")
+        values[key] = coerce_value(key, text, hints[key], from_cli=True)
+    return cls(**values)
+
+
+# ---------------------------------------------------------------------------- device
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """The device of this process: `auto` (CUDA if there is one, else CPU), `cpu`, `cuda`, `cuda:N`.
+
+    Under torchrun with several processes, every rank takes cuda:LOCAL_RANK; an explicit index there would
+    put every rank on one GPU, so it is refused. A CUDA device without CUDA is refused with the fix."""
+    if not isinstance(spec, str) or not (spec in ("auto", "cpu", "cuda") or
+                                         (spec.startswith("cuda:") and spec[5:].isdigit())):
+        raise ValueError(f"device={spec!r} is not a device; use auto, cpu, cuda or cuda:N (N a GPU index)")
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r} but this machine has no usable CUDA GPU (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda is not None}); use --device=cpu or --device=auto")
+    if launched_by_torchrun():
+        if spec != "cuda":
+            raise ValueError(f"device={spec!r} under torchrun: each rank uses cuda:LOCAL_RANK, so a fixed index would "
+                             "put every rank on one GPU; pass --device=cuda (or auto), and choose the GPUs with "
+                             "CUDA_VISIBLE_DEVICES")
+        index = int(os.environ["LOCAL_RANK"])
+    else:
+        index = int(spec[5:]) if spec.startswith("cuda:") else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device cuda:{index} does not exist: this machine has {torch.cuda.device_count()} visible "
+                         "GPU(s); pick an index below that (or fewer processes per node)")
+    return torch.device("cuda", index)
+
+
+def setup_device(device: torch.device, cpu_malloc_tuning: bool = True) -> None:
+    """Speed settings for `device`: on CUDA select it (by index: a bare "cuda" is an error for set_device)
+    and allow TF32; on CPU flush denormals and tune glibc's malloc."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device.index)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_flush_denormal(True)  # denormals made CPU steps 5-20x slower
+        if cpu_malloc_tuning:
+            tune_cpu_malloc()
+
+
+def tune_cpu_malloc():
+    """glibc's malloc hands big tensors back to the OS each step and page-faults them in again (40% of a CPU
+    step of the `small` preset). The MALLOC_*_ env vars that fix it are read only at process start, but
+    mallopt() sets the same knobs at run time. mallopt takes a C int: -1 becomes SIZE_MAX (never mmap, never
+    trim); 2**31 - 1 is not enough, as one step frees several logits-sized buffers of 400 MB. A no-op off
+    glibc or when the user already chose (MALLOC_MMAP_THRESHOLD_ set, or tcmalloc through LD_PRELOAD)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
+    for param, value in ((m_mmap_threshold, -1), (m_trim_threshold, -1), (m_top_pad, 2**30)):
+        libc.mallopt(param, value)
+
+
+# ---------------------------------------------------------------------------- processes
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int                   # this process's index among `world` (0 alone)
+    world: int                  # processes in the job (torchrun's WORLD_SIZE; 1 alone)
+    started_dist: bool          # whether start() opened the process group (and stop() must close it)
+
+    @property
+    def master(self) -> bool:  # rank 0 writes logs, checkpoints' metadata and the progress line
+        return self.rank == 0
+
+
+def start(device_spec: str = "auto", cpu_malloc_tuning: bool = True) -> Runtime:
+    """The device, the process group under torchrun (nccl on CUDA, gloo on CPU) and the speed settings."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = resolve_device(device_spec)
+    setup_device(device, cpu_malloc_tuning)
+    started_dist = world > 1 and not dist.is_initialized()
+    if started_dist:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return Runtime(device, rank, world, started_dist)
+
+
+def stop(rt: Runtime) -> None:
+    """Close the process group start() opened. On the normal path, meet at a barrier first (`barrier(rt)`):
+    a rank that tore gloo down while rank 0 was still saving died with SIGABRT."""
+    if rt.started_dist:
+        dist.destroy_process_group()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.world > 1:
+        dist.barrier()
