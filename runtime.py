@@ -162,14 +162,18 @@ class Runtime:
 
 
 def start(device_spec: str = "auto", cpu_malloc_tuning: bool = True) -> Runtime:
-    """The device, the process group under torchrun (nccl on CUDA, gloo on CPU) and the speed settings."""
+    """The device, the process group (torchrun's, or one of a single process; nccl on CUDA, gloo on CPU) and
+    the speed settings."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(device_spec)
     setup_device(device, cpu_malloc_tuning)
-    started_dist = world > 1 and not dist.is_initialized()
-    if started_dist:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+    started_dist = not dist.is_initialized()
+    if started_dist:  # alone too: FSDP2 and DCP take the same path for 1 process as for N
+        backend, device_id = ("nccl", device) if device.type == "cuda" else ("gloo", None)
+        if world > 1:
+            dist.init_process_group(backend, device_id=device_id)  # torchrun's env:// rendezvous
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, device_id=device_id)
     return Runtime(device, rank, world, started_dist)
 
 
@@ -183,3 +187,9 @@ def stop(rt: Runtime) -> None:
 def barrier(rt: Runtime) -> None:
     if rt.world > 1:
         dist.barrier()
+
+
+def all_reduce(tensor, rt: Runtime, op=None) -> None:
+    """Sum (or `op`) `tensor` over the processes, in place; nothing to do alone."""
+    if rt.world > 1:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
+import checkpoint
 import data
 import model as model_lib
 import runtime
@@ -72,7 +77,8 @@ class TrainConfig(ObjectiveConfig):
     resume: bool = False                    # continue from OUT_DIR/ckpt.pt
     # runtime
     device: str = "auto"                    # auto | cpu | cuda | cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)
-    compile: bool = False
+    compile: bool = False                   # torch.compile each block (before FSDP2 wraps it)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
     peak_flops: float | None = None         # per device, for MFU; None: looked up from the GPU's name
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields from the CLI / the file
@@ -164,65 +170,65 @@ def lr_at(step, cfg):
     return cfg.lr * min(warm, frac)
 
 
-def clip_grad_norm(params, max_norm):
-    """Global L2 norm of the grads, clipped to max_norm if > 0. Summed one tensor at a time in a fixed order,
-    so all-zero grads (the projector at nitp_weight=0) change neither the norm nor the clip, bit for bit;
-    torch's stacked reduction regroups the other terms when the list grows."""
-    with_grad = [p for p in params if p.grad is not None]
-    total_sq = torch.zeros((), device=with_grad[0].device)
-    for p in with_grad:
-        total_sq = total_sq + torch.linalg.vector_norm(p.grad, dtype=torch.float32) ** 2
+def clip_grad_norm(params, max_norm, rt=None):
+    """Global L2 norm of the grads, clipped to max_norm if > 0. FSDP2's grads are DTensor shards: each process
+    sums the squares of its own shard and one all-reduce adds them up. Summed one tensor at a time in a fixed
+    order, so all-zero grads (the projector at nitp_weight=0) change neither the norm nor the clip, bit for bit;
+    torch's stacked reduction regroups the other terms when the list grows. Same clip as torch's:
+    grads *= min(1, max_norm / (norm + 1e-6))."""
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
+    total_sq = torch.zeros((), device=grads[0].device)
+    for g in grads:
+        total_sq = total_sq + torch.linalg.vector_norm(g, dtype=torch.float32) ** 2
+    if rt is not None:
+        runtime.all_reduce(total_sq, rt)
     total = total_sq.sqrt()
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(with_grad, max_norm, total)
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
     return total
 
 
-def all_reduce_grads(params):
-    """SUM the grads over ranks: each micro-batch loss is already divided by the GLOBAL count, so the sum is
-    the global mean. By hand rather than DDP: SUM semantics, grad accumulation and parameters unused in a
-    step (idle experts, the projector before nitp_start_step) need no special cases. A 'has a grad' flag per
-    parameter rides along, so one unused on every rank keeps grad None, as in a 1-process run."""
-    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).float().reshape(-1) for p in params] + [has])
-    dist.all_reduce(flat)
-    offset, flags = 0, flat[-len(params):].tolist()
-    for p, flag in zip(params, flags):
-        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype) if flag > 0 else None
-        offset += p.numel()
+# ---------------------------------------------------------------------------- sharding
+def shard(model, projector, cfg, rt):
+    """FSDP2 over all processes (1 to N): each block is a unit (compiled first with --compile, the torchtitan
+    way), then the model's root (embedding, final norm, head: a tied embedding stays one parameter), then the
+    projector. On CUDA the units compute in bf16 from fp32 master weights and reduce gradients in fp32.
+    Gradients are SUMMED over processes (divide factor 1): each micro-batch's loss is already divided by the
+    step's global count, so the sum is the global mean."""
+    mesh = init_device_mesh(rt.device.type, (rt.world,))
+    cuda = rt.device.type == "cuda"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if cuda else None, reduce_dtype=torch.float32)
+    units = []
+    for block in model.blocks:
+        block.activation_checkpointing = cfg.activation_checkpointing
+        if cfg.compile:
+            block.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
+        units.append(fully_shard(block, mesh=mesh, mp_policy=policy))
+    units.append(fully_shard(model, mesh=mesh, mp_policy=policy))
+    if projector is not None and any(True for _ in projector.parameters()):  # "none" has nothing to shard
+        units.append(fully_shard(projector, mesh=mesh, mp_policy=policy))
+    for unit in units:
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path, state):
-    """torch.save into a temp file in the same directory, flush + fsync, os.replace: a crash or Ctrl-C at any
-    moment leaves the old or the new checkpoint, never a torn one."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def check_resumable(ckpt, cfg, mcfg):
+def check_resumable(meta, cfg, mcfg):
     """ValueError naming every field where the checkpoint's model or objective differs from this run."""
-    ours, theirs, model_ours = dataclasses.asdict(cfg), ckpt["train_config"], mcfg.to_dict()
+    ours, theirs, model_ours = dataclasses.asdict(cfg), meta["train_config"], mcfg.to_dict()
     diffs = [f"model field {k}: checkpoint {v!r}, this run {model_ours.get(k)!r}"
-             for k, v in ckpt["model_config"].items() if model_ours.get(k) != v]
+             for k, v in meta["model_config"].items() if model_ours.get(k) != v]
     diffs += [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in RESUME_MUST_MATCH
               if theirs.get(k) != ours[k]]
     if diffs:
         raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)
                          + ". Pass the checkpoint's values, or drop --resume / use a new --out_dir")
+
+
+def training_state(run) -> dict:
+    """The DCP state of a run: sharded model + projector and optimizer state, and the RNG."""
+    model_state, optimizer_state = get_state_dict(run.container, run.optimizer)
+    return {"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -231,30 +237,29 @@ def evaluate(run):
     """CE (and the aux objective) on val batches 0..eval_batches-1, split over the ranks and all-reduced;
     geometry of the final hidden states and the target layer on the FIXED val batch 0 (rank 0, one forward)."""
     cfg, rt = run.cfg, run.rt
-    run.forward.eval()
+    run.model.eval()
     sums = torch.zeros(4, device=rt.device, dtype=torch.float64)  # CE sum, tokens, aux sum, aux pairs
     for i, (first, count) in ((i, piece) for i in range(cfg.eval_batches) for piece in my_slices(run)):
         batch = run.val_sampler.get(i, first, count).to(rt.device)
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
         masks, pair_count = aux_pair_masks(cfg, [x], run.eot)
-        with run.autocast:
-            terms = forward_terms(run.forward, run.projector, cfg, x, y, masks[0])
+        terms = forward_terms(run.model, run.projector, cfg, x, y, masks[0])
         sums += torch.stack([terms.ce_sum.double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=rt.device),
                              terms.aux_sum.double() if terms.aux_sum is not None else sums.new_zeros(()), pair_count])
-    if rt.world > 1:
-        dist.all_reduce(sums)
+    runtime.all_reduce(sums, rt)
     record = {"kind": "eval", "step": run.step, VAL_LOSS: (sums[0] / sums[1].clamp(min=1)).item()}
     if cfg.objective != "ntp":
         record[aux_loss_key(cfg.objective, "val")] = (sums[2] / sums[3].clamp(min=1)).item()
-    if rt.master:  # the geometry the paper plots (docs/method.md, "Geometry metrics"), same tokens every time
-        with run.autocast:
-            x = run.val_sampler.get(0, 0, cfg.batch_size)[:, :-1].to(rt.device)  # (B, T) the first micro-batch
-            out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
+    # the geometry the paper plots (docs/method.md, "Geometry metrics"), on the same tokens every time; every
+    # rank runs the forward (FSDP2 gathers the weights collectively), rank 0 measures
+    x = run.val_sampler.get(0, 0, cfg.batch_size)[:, :-1].to(rt.device)  # (B, T) the first micro-batch
+    out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
+    if rt.master:
         hidden = out.final_hidden.flatten(0, 1)  # (B*T, d)
         record.update({EFFECTIVE_RANK: effective_rank(hidden),
                        AVG_COSINE: avg_pairwise_cosine(hidden, 4096, torch.Generator().manual_seed(0)),
                        TARGET_EFFECTIVE_RANK: effective_rank(out.layers[cfg.target_layer].flatten(0, 1))})
-    run.forward.train()
+    run.model.train()
     return record
 
 
@@ -288,30 +293,34 @@ class Run:
     cfg: TrainConfig                        # resolved: target_layer, nitp_weight, batch_size filled in
     mcfg: model_lib.GPTConfig
     rt: runtime.Runtime
-    model: model_lib.GPT                    # the unwrapped model: state dicts, evaluation's geometry
-    forward: torch.nn.Module                # what the step calls: the model, or torch.compile of it
-    projector: torch.nn.Module | None       # the NITP head (nitp runs only)
+    model: model_lib.GPT                    # sharded by FSDP2 (its blocks compiled with --compile)
+    projector: torch.nn.Module | None       # the NITP head (nitp runs only), sharded too
+    container: torch.nn.ModuleDict          # {"gpt": model, "projector": projector}: one module for state dicts
     params: list                            # model and projector parameters, in the optimizer's order
     optimizer: torch.optim.Optimizer
     train_sampler: data.BatchSampler
     val_sampler: data.BatchSampler
     grad_accum: int                         # micro-batches per optimizer step on each process
     eot: int                                # the document separator, for --mask_doc_boundary
-    autocast: contextlib.AbstractContextManager  # bf16 on CUDA, a no-op on CPU
     meta: dict                              # the data directory's meta.json
     data_dir: str
-    ckpt_path: str
     log_path: str
     step: int = 0                           # optimizer steps completed; with the seed, also the data position
 
 
 @dataclass
 class TrainResult:
-    model: torch.nn.Module              # the unwrapped GPT, on its training device
-    projector: torch.nn.Module | None   # the NITP head (nitp runs)
+    model: torch.nn.Module | None       # the trained GPT as a plain module (one process only; else None)
+    projector: torch.nn.Module | None   # the NITP head (nitp runs, one process)
     out_dir: str
     step: int                           # optimizer steps completed
     history: list                       # the train and eval records this call wrote to log.jsonl
+
+
+def unsharded(sharded, plain, device):
+    """`plain` (a new module of the same kind) loaded with the weights of an FSDP2 module of one process."""
+    plain.load_state_dict({k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in sharded.state_dict().items()})
+    return plain.to(device)
 
 
 def build_run(cfg, mcfg, rt) -> Run:
@@ -332,32 +341,34 @@ def build_run(cfg, mcfg, rt) -> Run:
     samplers = [data.BatchSampler(data.load_split(data_dir, split), cfg.global_batch_tokens // cfg.seq_len,
                                   cfg.seq_len, cfg.seed) for split in ("train", "val")]
     torch.manual_seed(cfg.seed)
-    model = model_lib.GPT(mcfg).to(rt.device)
+    model = model_lib.GPT(mcfg).to(rt.device)  # full weights first, then sharded: the same init for any world size
     projector = build_projector(cfg, mcfg)  # after the model: its init is the same for every objective
     projector = projector.to(rt.device) if projector is not None else None
+    shard(model, projector, cfg, rt)
+    container = torch.nn.ModuleDict({checkpoint.MODEL_KEY: model, **({"projector": projector} if projector else {})})
     params = list(model.parameters()) + (list(projector.parameters()) if projector is not None else [])
-    is_cuda = rt.device.type == "cuda"
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True if is_cuda else None)
-    run = Run(cfg=cfg, mcfg=mcfg, rt=rt, model=model, forward=torch.compile(model) if cfg.compile else model,
-              projector=projector, params=params, optimizer=optimizer, train_sampler=samplers[0],
-              val_sampler=samplers[1], grad_accum=cfg.global_batch_tokens // (micro_tokens * rt.world),
-              eot=meta.get("eot_token", data.EOT), autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda),
-              meta=meta, data_dir=data_dir, ckpt_path=os.path.join(cfg.out_dir, "ckpt.pt"),
-              log_path=os.path.join(cfg.out_dir, "log.jsonl"))
+                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  foreach=True if rt.device.type == "cuda" else None)
+    run = Run(cfg=cfg, mcfg=mcfg, rt=rt, model=model, projector=projector, container=container, params=params,
+              optimizer=optimizer, train_sampler=samplers[0], val_sampler=samplers[1],
+              grad_accum=cfg.global_batch_tokens // (micro_tokens * rt.world), eot=meta.get("eot_token", data.EOT),
+              meta=meta, data_dir=data_dir, log_path=os.path.join(cfg.out_dir, "log.jsonl"))
     os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.resume:
-        if not os.path.exists(run.ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {run.ckpt_path}; drop --resume to start a new run")
-        ckpt = torch.load(run.ckpt_path, map_location=rt.device, weights_only=True)
-        check_resumable(ckpt, cfg, mcfg)
-        model.load_state_dict(ckpt["model"])
-        if projector is not None:
-            projector.load_state_dict(ckpt["projector"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        run.step = ckpt["step"]  # the samplers are pure functions of the step: this is the data position too
-        torch.set_rng_state(ckpt["rng"].cpu())
+        ckpt_dir = checkpoint.latest(cfg.out_dir)
+        if ckpt_dir is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {cfg.out_dir}/{checkpoint.CHECKPOINTS}; drop "
+                                    "--resume to start a new run")
+        saved = checkpoint.read_meta(ckpt_dir)
+        check_resumable(saved, cfg, mcfg)
+        state = training_state(run)
+        checkpoint.load(ckpt_dir, state)  # DCP reshards: the checkpoint may come from another world size
+        set_state_dict(run.container, run.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        run.step = saved["step"]  # the samplers are pure functions of the step: this is the data position too
         if rt.master:
             write_jsonl(run.log_path, *read_log_until(run.log_path, run.step), mode="w")
     elif rt.master:  # a fresh run starts a fresh log
@@ -370,13 +381,10 @@ def build_run(cfg, mcfg, rt) -> Run:
 
 
 def save(run):
-    if run.rt.master:
-        save_checkpoint(run.ckpt_path, {
-            "model": run.model.state_dict(), "model_config": run.mcfg.to_dict(),
-            "train_config": dataclasses.asdict(run.cfg),
-            "projector": run.projector.state_dict() if run.projector is not None else None,
-            "optimizer": run.optimizer.state_dict(), "step": run.step, "tokenizer": run.meta.get("tokenizer", "gpt2"),
-            "data_dir": data.repo_relative(run.data_dir), "rng": torch.get_rng_state(), "world_size": run.rt.world})
+    checkpoint.save(run.cfg.out_dir, run.step, training_state(run), {
+        "model_config": run.mcfg.to_dict(), "train_config": dataclasses.asdict(run.cfg),
+        "tokenizer": run.meta.get("tokenizer", "gpt2"), "data_dir": data.repo_relative(run.data_dir),
+        "world_size": run.rt.world}, rank=run.rt.rank)
 
 
 def my_slices(run):
@@ -397,14 +405,12 @@ def train_step(run):
     aux_trained = run.step >= cfg.nitp_start_step
     batches = [run.train_sampler.get(run.step, first, count).to(rt.device) for first, count in my_slices(run)]
     masks, pair_count = aux_pair_masks(cfg, [b[:, :-1] for b in batches], run.eot)
-    if rt.world > 1:
-        dist.all_reduce(pair_count)
+    runtime.all_reduce(pair_count, rt)
     pair_count = pair_count.float()
     stats = torch.zeros(3, device=rt.device)  # loss_ntp, loss_aux, loss_balance: global means
     for batch, mask in zip(batches, masks):
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
-        with run.autocast:
-            terms = forward_terms(run.forward, run.projector, cfg, x, y, mask, aux_trained)
+        terms = forward_terms(run.model, run.projector, cfg, x, y, mask, aux_trained)
         loss_ntp = terms.ce_sum / cfg.global_batch_tokens  # every position has a target: the global count is known
         loss_balance = terms.balance.float() / (run.grad_accum * rt.world)  # a per-micro-batch mean already
         loss_aux = terms.aux_sum / pair_count if terms.aux_sum is not None else torch.zeros((), device=rt.device)
@@ -412,10 +418,8 @@ def train_step(run):
                           cfg.nitp_weight, balance_weight(mcfg))
         loss.backward()
         stats += torch.stack([loss_ntp, loss_aux, loss_balance]).detach().float()
-    if rt.world > 1:
-        all_reduce_grads(run.params)
-        dist.all_reduce(stats)
-    grad_norm = clip_grad_norm(run.params, cfg.grad_clip)
+    runtime.all_reduce(stats, rt)  # FSDP2 reduced the gradients during the backward passes
+    grad_norm = clip_grad_norm(run.params, cfg.grad_clip, rt)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
@@ -452,7 +456,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         with graceful_stop() as stop:
             history = training_loop(run, stop)
         runtime.barrier(rt)
-        return TrainResult(run.model, run.projector, cfg.out_dir, run.step, history)
+        plain = rt.world == 1  # alone, the shards are the whole tensors: hand back ordinary modules
+        return TrainResult(unsharded(run.model, model_lib.GPT(mcfg), rt.device) if plain else None,
+                           unsharded(run.projector, build_projector(cfg, mcfg), rt.device)
+                           if plain and run.projector else None,
+                           cfg.out_dir, run.step, history)
     finally:
         runtime.stop(rt)
 
@@ -519,7 +527,7 @@ def training_loop(run, stop):
             break
     if rt.master:
         print(f"done: step {run.step}/{cfg.max_steps}, {format_duration(train_time)} of training, "
-              f"checkpoint {run.ckpt_path}", flush=True)
+              f"checkpoint {checkpoint.latest(cfg.out_dir)}", flush=True)
     return history
 
 

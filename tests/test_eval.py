@@ -3,7 +3,8 @@
 The metrics themselves are tested in test_metrics.py, the figures and report.md alone in test_report.py.
 Tiny shapes throughout. The end-to-end test builds its own run directories (a tiny GPT checkpoint in
 the contract format, a synthetic log.jsonl, a tiny val data dir) so it does not need train.py, and a
-character-level fake tokenizer + fake plays so it needs neither the GPT-2 BPE files nor the corpus.
+character-level fake tokenizer + fake plays so it needs neither the GPT-2 BPE files nor the corpus. The
+tasks themselves (and those fakes) are tested in test_tasks.py.
 """
 
 import dataclasses
@@ -15,22 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import data
 import eval as ev
 import model as model_lib
 import report
+from test_tasks import FAKE_PLAYS, CharTokenizer
 
 
 # ---------------------------------------------------------------------------- helpers
-class CharTokenizer:
-    """One token per character (ids < 128): lets tests control lengths exactly and keeps the vocabulary tiny."""
-
-    eot_token = 0
-
-    def encode_ordinary(self, text):
-        return [ord(c) % 128 for c in text]
-
-
 def tiny_config(**overrides):
     config = dataclasses.replace(model_lib.get_preset("tiny-dense"), vocab_size=128, block_size=16, n_layer=2,
                                  d_model=32, n_head=2, n_kv_head=1, head_dim=None, d_ff=64)
@@ -49,9 +43,9 @@ def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, 
     gpt = tiny_model(seed)
     stored_data_dir = data.repo_relative(data_dir) if relative_data_dir else str(data_dir)
     train_config = {"objective": objective, "max_steps": steps, "data_dir": stored_data_dir}
-    torch.save({"model": gpt.state_dict(), "model_config": gpt.config.to_dict(), "train_config": train_config,
-                "projector": None, "optimizer": {}, "step": steps, "tokenizer": tokenizer, "data_dir": stored_data_dir,
-                "rng": torch.get_rng_state()}, run_dir / "ckpt.pt")
+    checkpoint.save(run_dir, steps, {"model": {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in gpt.state_dict().items()}},
+                    {"model_config": gpt.config.to_dict(), "train_config": train_config, "tokenizer": tokenizer,
+                     "data_dir": stored_data_dir})
     lines = [{"kind": "config", "train_config": train_config, "model_config": gpt.config.to_dict()}]
     for step in range(steps):
         train = {"kind": "train", "step": step, "loss": 5.0 - 0.05 * step}
@@ -63,12 +57,6 @@ def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, 
                           "effective_rank": 10 + step / (4 if objective == "nitp" else 8)})
     (run_dir / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return run_dir
-
-
-FAKE_PLAYS = [{"title": f"{genre} {i}", "genre": genre, "split": "val" if i == 0 else "train",
-               "text": "\n".join(f"{genre} play {i}, line {j}: " + "abcdefgh"[(i + j) % 8] * (10 + j % 7)
-                                 for j in range(60))}
-              for genre in ("comedies", "tragedies", "histories", "romances") for i in range(3)]
 
 
 @pytest.fixture
@@ -135,15 +123,6 @@ def test_probe_is_at_chance_on_random_labels():
     assert abs(result["accuracy"] - 0.5) < 0.1
 
 
-def test_genre_task_holds_out_whole_plays_and_drops_ambiguous_genres():
-    task = ev.build_genre_task(FAKE_PLAYS, CharTokenizer(), window=32, per_play=5)
-    assert {ex["label"] for ex in task} == {"comedy", "tragedy", "history"}  # romances dropped
-    assert all(len(ex["tokens"]) == 32 for ex in task)
-    # one val play per kept genre (the val romance is dropped), 5 passages each, all in the test split
-    assert sum(ex["split"] == "test" for ex in task) == 3 * 5
-    assert ev.GENRE_MAP["roman"] == "tragedy" and "problem" not in ev.GENRE_MAP and "romance" not in ev.GENRE_MAP
-
-
 # ---------------------------------------------------------------------------- multiple choice
 def char_loglikelihood(pairs):
     """Fake scorer: every character is one token; 'a' costs 1 nat, anything else 2 nats."""
@@ -176,17 +155,6 @@ def test_model_loglikelihood_is_exact_and_independent_of_batching():
     assert batched[0][0] == pytest.approx(expected, abs=1e-4)
 
 
-def test_next_line_task_uses_held_out_plays_with_distinct_choices():
-    questions = ev.build_next_line_task(FAKE_PLAYS, num_questions=20, context_lines=3, seed=0)
-    assert len(questions) == 20 and questions == ev.build_next_line_task(FAKE_PLAYS, 20, 3, seed=0)
-    for q in questions:
-        truth = q["choices"][q["answer"]]
-        assert len(q["choices"]) == 4 == len(set(q["choices"]))
-        assert " 0, line" in truth  # only val plays (index 0) are used
-        assert truth.split(",")[0] == q["context"].split(",")[0]  # distractors come from the same play
-        assert all(c.split(",")[0] == truth.split(",")[0] for c in q["choices"])
-
-
 # ---------------------------------------------------------------------------- end to end
 def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(data, "get_tokenizer", CharTokenizer)
@@ -215,7 +183,7 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
 
 # ---------------------------------------------------------------------------- errors
 def test_run_without_checkpoint_or_log_is_a_clear_error(tmp_path, data_dir):
-    with pytest.raises(FileNotFoundError, match=r"ckpt\.pt.*train\.py"):
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*train\.py"):
         ev.load_run(tmp_path / "nothing")
     run = write_run(tmp_path / "run", "ntp", data_dir)
     (run / "log.jsonl").unlink()
@@ -228,29 +196,6 @@ def test_runs_with_different_tokenizers_are_refused(tmp_path, data_dir):
             ev.load_run(write_run(tmp_path / "b", "nitp", data_dir, tokenizer="qwen2"))]
     with pytest.raises(ValueError, match="different tokenizers"):
         ev.check_same_tokenizer(runs)
-
-
-def test_task_files_with_missing_fields_name_file_and_line(tmp_path):
-    probe = tmp_path / "probe.jsonl"
-    probe.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n')
-    with pytest.raises(ValueError, match=r"probe\.jsonl, line 2: missing field 'label'"):
-        ev.load_probe_file(probe, CharTokenizer())
-    mc = tmp_path / "mc.jsonl"
-    mc.write_text('{"context": "c", "choices": ["a", "b"], "answer": 0}\n\n{"context": "c", "choices": ["a", "b"]}\n')
-    with pytest.raises(ValueError, match=r"mc\.jsonl, line 3: missing field 'answer'"):
-        ev.load_mc_file(mc)
-    mc.write_text('{"context": "c", "choices": ["a", "b"], "answer": 2}\n')
-    with pytest.raises(ValueError, match="line 1: 'answer' 2"):
-        ev.load_mc_file(mc)
-
-
-def test_probe_file_fraction_split_and_explicit_split(tmp_path):
-    path = tmp_path / "probe.jsonl"
-    path.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(8)))
-    task = ev.load_probe_file(path, CharTokenizer(), test_fraction=0.25)
-    assert sum(ex["split"] == "test" for ex in task) == 2 and {ex["label"] for ex in task} == {"0", "1"}
-    path.write_text('{"text": "a", "label": "x", "split": "train"}\n{"text": "b", "label": "y", "split": "test"}\n')
-    assert [ex["split"] for ex in ev.load_probe_file(path, CharTokenizer())] == ["train", "test"]
 
 
 def test_cli_options_are_eval_config_fields_with_strict_booleans():
@@ -269,18 +214,6 @@ def test_device_is_resolved_by_runtime():
     assert ev._resolve_device(ev.EvalConfig()).device in ("cpu", "cuda:0")  # auto
     with pytest.raises(ValueError, match="not a device"):
         ev._resolve_device(ev.EvalConfig(device="gpu"))
-
-
-@pytest.mark.slow
-def test_builtin_shakespeare_tasks_hold_out_whole_plays():
-    plays = data.shakespeare_plays()
-    task = ev.build_genre_task(plays, data.get_tokenizer(), window=128, per_play=4)
-    test_labels = {ex["label"] for ex in task if ex["split"] == "test"}
-    assert test_labels == {"comedy", "tragedy", "history"}  # data.VAL_PLAYS holds out one of each
-    assert {ex["label"] for ex in task if ex["split"] == "train"} == test_labels
-    val_lines = {ln.strip() for p in plays if p["split"] == "val" for ln in p["text"].splitlines()}
-    questions = ev.build_next_line_task(plays, num_questions=50, seed=0)
-    assert len(questions) == 50 and all(c in val_lines for q in questions for c in q["choices"])
 
 
 @pytest.mark.parametrize("relative_data_dir", [True, False], ids=["repo-relative", "absolute (older checkpoints)"])

@@ -14,6 +14,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import checkpoint  # noqa: E402
 import data  # noqa: E402
 import export  # noqa: E402
 import model as model_lib  # noqa: E402
@@ -44,12 +45,11 @@ def randomised_model(fields, seed=0):
 
 
 def write_run(run_dir, model, projector=None):
-    """RUN_DIR/ckpt.pt in the contract's format, written by train.py's own atomic save."""
-    os.makedirs(run_dir, exist_ok=True)
-    train.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), {
-        "model": model.state_dict(), "model_config": model.config.to_dict(), "train_config": {},
-        "projector": projector.state_dict() if projector is not None else None, "optimizer": {}, "step": 0,
-        "tokenizer": "gpt2", "data_dir": "", "rng": torch.get_rng_state()})
+    """RUN_DIR/checkpoints/step_0 as train.py writes it (the model and, if given, the projector)."""
+    state = {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"projector.{k}": v for k, v in (projector.state_dict() if projector is not None else {}).items()})
+    checkpoint.save(run_dir, 0, {"model": state}, {"model_config": model.config.to_dict(), "train_config": {},
+                                                   "tokenizer": "gpt2", "data_dir": ""})
     return str(run_dir)
 
 
@@ -93,7 +93,7 @@ def assert_matches_ours(ours, folder, seed=0):
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A real (tiny) NITP run through train.train on a synthetic counting corpus: ckpt.pt with a projector."""
+    """A real (tiny) NITP run through train.train on a synthetic counting corpus: a checkpoint with a projector."""
     root = tmp_path_factory.mktemp("trained")
     tokens = torch.arange(20_000) % 64 + 10
     tokens[::37] = EOT
@@ -112,7 +112,7 @@ def trained_run(tmp_path_factory):
 # ---------------------------------------------------------------------------- equivalence
 def test_trained_run_exports_to_a_model_with_our_logits_and_generations(trained_run, tmp_path):
     run_dir, ours = trained_run
-    assert torch.load(run_dir / "ckpt.pt", weights_only=True)["projector"] is not None  # an NITP run
+    assert any(".projector." in k for k in checkpoint.saved_keys(checkpoint.latest(run_dir)))  # an NITP run
     out = tmp_path / "hf"
     assert export.main([str(run_dir), f"--out={out}"]) == 0
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
@@ -201,12 +201,12 @@ def test_existing_output_needs_force_and_failures_leave_no_partial_folder(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["hf", "run"]  # no half-written folder, no temporary left behind
 
     monkeypatch.undo()
-    assert export.main([os.path.join(run_dir, "ckpt.pt"), f"--out={out}", "--force"]) == 0  # ckpt path works too
+    assert export.main([str(checkpoint.latest(run_dir)), f"--out={out}", "--force"]) == 0  # a checkpoint works too
     assert "keep.txt" not in os.listdir(out) and "config.json" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["hf", "run"]
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert export.main([str(tmp_path / "nowhere"), f"--out={tmp_path / 'hf'}"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "no complete checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import model as model_lib
 from model import (GPT, MoE, PRESETS, CausalSelfAttention, GPTConfig, apply_rope, flops_per_token, get_preset,
-                   load_model, rope_cos_sin)
+                   rope_cos_sin)
 
 F64 = dict(rtol=1e-10, atol=1e-10)  # see module docstring
 F32 = dict(rtol=1e-4, atol=1e-6)
@@ -436,23 +436,6 @@ def test_config_round_trip_and_preset_copies():
     assert GPTConfig.from_dict(c.to_dict()) == c
     c.n_layer = 99
     assert PRESETS["small-moe"].n_layer == 6
-
-
-def test_load_model(tmp_path):
-    model = GPT(tiny("tiny-moe")).eval()
-    ckpt = {"model": model.state_dict(), "model_config": model.config.to_dict(), "train_config": {},
-            "projector": None, "optimizer": {}, "step": 3, "tokenizer": "gpt2", "data_dir": "x",
-            "rng": torch.get_rng_state()}
-    torch.save(ckpt, tmp_path / "ckpt.pt")
-    loaded, got = load_model(tmp_path / "ckpt.pt")
-    idx = torch.randint(0, VOCAB, (1, 6))
-    torch.testing.assert_close(loaded.eval()(idx).logits, model(idx).logits, rtol=0, atol=0)
-    assert got["step"] == 3
-    with pytest.raises(FileNotFoundError, match="train.py"):
-        load_model(tmp_path / "missing.pt")
-    torch.save({"model": model.state_dict()}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="model_config"):
-        load_model(tmp_path / "bad.pt")
 
 
 # ---------------------------------------------------------------------------- training
