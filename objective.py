@@ -51,7 +51,8 @@ def resolve_objective(cfg, mcfg):
     for ok, message in [
         (cfg.objective in OBJECTIVES, f"objective={cfg.objective!r}; use one of {OBJECTIVES}"),
         (0 <= target <= mcfg.n_layer, f"target_layer={target} is outside [0, n_layer={mcfg.n_layer}] (0 = embedding "
-                                      "output, k = after block k, -1 = after the last); pass --target_layer=K in range"),
+                                      "output, k = after block k, -1 = after the last); pass --target_layer=K "
+                                      "in that range"),
         (cfg.loss_type in LOSS_TYPES, f"loss_type={cfg.loss_type!r}; use one of {LOSS_TYPES}"),
         (cfg.projector in HEAD_KINDS, f"projector={cfg.projector!r}; use one of {HEAD_KINDS}"),
         (cfg.attach in ATTACH, f"attach={cfg.attach!r}; use one of {ATTACH}"),

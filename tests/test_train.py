@@ -344,3 +344,13 @@ def test_clip_grad_norm_ignores_zero_grads_exactly():
     expected = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads_before]))
     torch.testing.assert_close(norm, expected)  # float32 rounding only
     assert torch.linalg.vector_norm(torch.cat([c.flatten() for c in clipped])).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_memory_plan_is_printed_and_a_plan_over_the_device_is_refused(tmp_path, data_dir, monkeypatch, capsys):
+    import memory
+    train.train(tiny_config(tmp_path / "fits", data_dir, max_steps=1, eval_batches=0))
+    assert "memory plan per rank (GiB)" in capsys.readouterr().out
+    monkeypatch.setattr(memory, "device_memory", lambda device: 2**20)  # a 1 MiB "GPU"
+    with pytest.raises(ValueError, match="--activation_checkpointing=true|--batch_size"):
+        train.train(tiny_config(tmp_path / "too_big", data_dir, max_steps=1, eval_batches=0))
+    assert not (tmp_path / "too_big" / "checkpoints").exists()  # refused before training

@@ -1,0 +1,89 @@
+"""Tests for runtime.py: flags into dataclasses, and the device setup on CUDA with CUDA faked on this CPU machine
+(torch.cuda.set_device gets torch's own index validation, the check that a bare "cuda" device used to fail),
+single process and under torchrun; the end-to-end error of --device=cuda without a GPU."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import runtime
+import train
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """CUDA with two GPUs, as far as runtime.py can tell; set_device records the index torch would validate."""
+    selected = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    # the real set_device's validation: a torch.device("cuda") without an index raises here
+    monkeypatch.setattr(torch.cuda, "set_device",
+                        lambda device: selected.append(torch.cuda._utils._get_device_index(device, optional=False)))
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    return selected
+
+
+def torchrun_env(monkeypatch, local_rank, world=2):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+
+def test_single_process_cuda_gets_an_index(fake_cuda):
+    for spec, expected in [("cuda", 0), ("auto", 0), ("cuda:1", 1)]:
+        device = runtime.resolve_device(spec)
+        assert device == torch.device("cuda", expected)
+        runtime.setup_device(device)  # the startup crash: set_device(torch.device("cuda")) without an index
+        assert fake_cuda[-1] == expected
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="cuda:2 does not exist.*2 visible"):
+        runtime.resolve_device("cuda:2")
+
+
+def test_under_torchrun_each_rank_takes_its_local_gpu(fake_cuda, monkeypatch):
+    torchrun_env(monkeypatch, local_rank=1)
+    assert runtime.resolve_device("cuda") == runtime.resolve_device("auto") == torch.device("cuda", 1)
+    runtime.setup_device(runtime.resolve_device("cuda"))
+    assert fake_cuda == [1]
+    with pytest.raises(ValueError, match="under torchrun.*--device=cuda"):
+        runtime.resolve_device("cuda:0")  # every rank on one GPU
+    torchrun_env(monkeypatch, local_rank=3, world=4)
+    with pytest.raises(ValueError, match="cuda:3 does not exist"):
+        runtime.resolve_device("cuda")  # more processes per node than GPUs
+
+
+def test_cuda_without_cuda_and_bad_names_are_clear_errors(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match="no usable CUDA GPU.*--device=cpu"):
+            runtime.resolve_device(spec)
+    for spec in ("gpu", "cuda:x", "cuda0", ""):
+        with pytest.raises(ValueError, match="not a device"):
+            runtime.resolve_device(spec)
+    assert train.main(["--device=cuda", f"--out_dir={tmp_path}"]) == 2  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: device='cuda' but this machine has no usable CUDA GPU")
+    assert err.count("\n") == 1
+
+
+@dataclass
+class Example:
+    steps: int = 3
+    rate: float | None = None
+    name: str = "x"
+    on: bool = False
+
+
+def test_parse_flags_types_and_errors():
+    cfg = runtime.parse_flags(["--steps=5", "--rate=none", "--on", "--name=y"], Example, "prog")
+    assert cfg == Example(steps=5, rate=None, name="y", on=True)
+    assert runtime.parse_flags(["--rate=0.5", "--on=0"], Example, "prog") == Example(rate=0.5, on=False)
+    for argv, match in [(["--nope=1"], "unknown option '--nope=1'; prog takes"),
+                        (["--steps=1.5"], "'steps' expects int"), (["--on=maybe"], "expects a bool"),
+                        (["steps=1"], "expected --key=value")]:
+        with pytest.raises(ValueError, match=match):
+            runtime.parse_flags(argv, Example, "prog")
