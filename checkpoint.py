@@ -16,6 +16,7 @@ Imports torch and model.py. Nothing runs at import.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 import model as model_lib
+import runtime
 
 CHECKPOINTS = "checkpoints"     # the folder of a run's checkpoints, inside out_dir
 META = "meta.json"              # written last: its presence marks a complete checkpoint
@@ -57,7 +59,36 @@ def latest(path) -> Path | None:
 
 
 def read_meta(ckpt_dir) -> dict:
-    return json.loads((Path(ckpt_dir) / META).read_text())
+    """meta.json of a checkpoint; ValueError (naming the file) when it is not readable JSON."""
+    path = Path(ckpt_dir) / META
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupted ({err}); this checkpoint cannot be used: remove {ckpt_dir} to fall "
+                         "back to an older one, or start a new run") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a checkpoint's metadata (a JSON object); remove {ckpt_dir}")
+    return meta
+
+
+def verify(ckpt_dir, meta: dict) -> None:
+    """Check every file of a checkpoint against the sha256 written with it; ValueError naming the first
+    damaged or missing file. A corrupted checkpoint is never loaded (and so never trained on or overwritten)."""
+    ckpt_dir = Path(ckpt_dir)
+    expected = meta.get("sha256")
+    if not isinstance(expected, dict) or not expected:
+        raise ValueError(f"{ckpt_dir / META} has no checksums: not a complete checkpoint of this version; remove it")
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
+    present = [name for name in expected if (ckpt_dir / name).is_file()]
+    missing = sorted(set(expected) - set(present))
+    actual = _checksums(ckpt_dir, present, world)
+    damaged = missing + sorted(name for name in present if actual[name] != expected[name])
+    if damaged:
+        how = "missing" if damaged[0] in missing else "damaged (sha256 mismatch)"
+        more = f" (and {len(damaged) - 1} more files)" if len(damaged) > 1 else ""
+        raise ValueError(f"checkpoint {ckpt_dir} is corrupted: {damaged[0]} is {how}{more}; it was not loaded. "
+                         "Restore the file from a copy, or remove the checkpoint to fall back to an older one")
 
 
 @contextlib.contextmanager
@@ -69,21 +100,33 @@ def _single_process_is_fine():
 
 
 # ---------------------------------------------------------------------------- writing
-def _write_file_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _digest(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _checksums(folder, files, group_size: int) -> dict:
+    """{file name: sha256} of the files of a checkpoint, each process hashing every group_size-th file (its share),
+    all of them gathered on every process."""
+    rank = dist.get_rank() if group_size > 1 else 0
+    mine = {name: _digest(Path(folder) / name) for i, name in enumerate(sorted(files)) if i % group_size == rank}
+    if group_size == 1:
+        return mine
+    gathered = [None] * group_size
+    dist.all_gather_object(gathered, mine)
+    return {name: digest for part in gathered for name, digest in part.items()}
+
+
+def _os_error_in(err):
+    """The OSError (a full disk, a permission) behind an exception DCP wrapped, or None."""
+    seen = [err]
+    while seen:
+        e = seen.pop()
+        if isinstance(e, OSError):
+            return e
+        seen += [x for x in (e.__cause__, e.__context__) if x is not None]
+        seen += [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
+    return None
 
 
 def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
@@ -92,22 +135,31 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
     final = step_dir(out_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # a save that died half-way
         tmp.mkdir(parents=True)
     if distributed:
         dist.barrier()
-    with _single_process_is_fine():
-        dcp.save(state, checkpoint_id=str(tmp), no_dist=not distributed)
+    try:
+        with _single_process_is_fine():
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not distributed)
+    except Exception as err:  # DCP wraps the cause (ENOSPC...) in its own exception: surface it plainly
+        cause = _os_error_in(err)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, f"writing checkpoint {tmp}: {cause.strerror}") from None
     if distributed:
         dist.barrier()  # every shard is on disk
+    checksums = _checksums(tmp, [p.name for p in tmp.iterdir()], world)
     if rank == 0:
-        _write_file_atomically(tmp / META, json.dumps({**meta, "step": step}, indent=1) + "\n")
-        _fsync_dir(tmp)
+        runtime.write_text_atomically(tmp / META, json.dumps({**meta, "step": step, "sha256": checksums}, indent=1)
+                                      + "\n")
+        runtime.fsync_dir(tmp)
         if final.exists():  # the same step saved twice (a stop signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        runtime.fsync_dir(final.parent)
         for old in final.parent.iterdir():  # older checkpoints and stale temporaries
             if old != final and (old.name.endswith(".tmp") or _STEP_DIR.match(old.name)):
                 shutil.rmtree(old, ignore_errors=True)
@@ -118,7 +170,8 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
 
 # ---------------------------------------------------------------------------- reading
 def load(ckpt_dir, state: dict) -> None:
-    """Fill `state` (a DCP state dict of the same keys, any sharding) in place from a checkpoint."""
+    """Fill `state` (a DCP state dict of the same keys, any sharding) in place from a verified checkpoint."""
+    verify(ckpt_dir, read_meta(ckpt_dir))
     with _single_process_is_fine():
         dcp.load(state, checkpoint_id=str(ckpt_dir), no_dist=not (dist.is_available() and dist.is_initialized()))
 

@@ -103,7 +103,9 @@ def train_flags(cfg: CompareConfig, variant: str, seed: int, run_dir: Path) -> l
 def run_training(flags: list[str], run_dir: Path, label: str) -> float:
     """Run train.py once (resuming a partial run), streaming its output with a prefix; returns seconds."""
     done_file = run_dir / "compare_done.json"
-    if done_file.exists() and json.loads(done_file.read_text()).get("flags") == flags:
+    reached, planned = finished_steps(run_dir)
+    finished = reached is not None and reached == planned
+    if finished and done_file.exists() and json.loads(done_file.read_text()).get("flags") == flags:
         print(f"[{label}] already trained with these flags: skipped ({run_dir})", flush=True)
         return 0.0
     resume = ["--resume=true"] if checkpoint.latest(run_dir) is not None else []
@@ -113,12 +115,28 @@ def run_training(flags: list[str], run_dir: Path, label: str) -> float:
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
             print(f"[{label}] {line}", end="", flush=True)
+    if proc.returncode > 128:
+        raise RuntimeError(f"train.py for {label} was stopped by signal {proc.returncode - 128} (its checkpoint is "
+                           "saved); rerun the same compare.py command to resume it")
     if proc.returncode != 0:
         raise RuntimeError(f"train.py failed for {label} (exit {proc.returncode}); its output is above. "
                            f"Rerun the same compare.py command to resume after fixing the cause.")
+    reached, planned = finished_steps(run_dir)
+    if reached != planned:  # never compare a run that stopped early with finished ones
+        raise RuntimeError(f"train.py for {label} ended at step {reached} of {planned}; rerun the same compare.py "
+                           "command to resume it")
     seconds = time.perf_counter() - t0
-    done_file.write_text(json.dumps({"flags": flags, "seconds": seconds}))
+    runtime.write_text_atomically(done_file, json.dumps({"flags": flags, "seconds": seconds, "step": reached}))
     return seconds
+
+
+def finished_steps(run_dir: Path) -> tuple[int | None, int | None]:
+    """(step of the newest checkpoint, the run's max_steps), None for what is missing."""
+    latest = checkpoint.latest(run_dir)
+    if latest is None:
+        return None, None
+    meta = checkpoint.read_meta(latest)
+    return meta.get("step"), meta.get("train_config", {}).get("max_steps")
 
 
 def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
@@ -176,8 +194,8 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     lines += ["", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
               "metric is measured: [report.md](report.md)."]
     path = out_dir / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    runtime.write_text_atomically(path, "\n".join(lines) + "\n")
+    runtime.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
     return path
 
 

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,17 +412,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> int:
+    """The command line: 0 when the report is written; 2 with one line naming the problem (a missing or corrupted
+    run, a bad option or task file, an unwritable --out)."""
     args = vars(_parser().parse_args(argv))
     run_dirs, out_dir = args.pop("run_dirs"), args.pop("out")
-    results = make_report(run_dirs, out_dir, EvalConfig(**args))
+    try:
+        results = make_report(run_dirs, out_dir, EvalConfig(**args))
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"eval.py: error: {err}", file=sys.stderr)
+        return 2
     for r in results:
         print(f"{r['label']}: val loss {r[metrics.VAL_LOSS]:.4f}, eff. rank {r[metrics.EFFECTIVE_RANK]:.1f}, "
               f"avg cos {r[metrics.AVG_COSINE]:.3f}" + (f", probe {r[PROBE_ACCURACY]:.3f}" if "probe" in r else "")
               + (f", MC {r[MC_ACCURACY]:.3f} ± {r['mc_stderr']:.3f}" if "mc" in r else ""))
     print(f"wrote {Path(out_dir) / 'report.md'}")
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -193,6 +193,9 @@ def nitp_loss_terms(pred, target, valid=None, shift=1, loss_type="cosine", stop_
     if stop_grad:
         z = z.detach()
     counted = counted_pairs(valid, shift, pair_valid)  # (B, T - shift)
+    # uncounted pairs see a harmless constant instead of their values: whatever they hold (padding, even NaN or
+    # inf) gives them a zero gradient, where a product with a zero weight would give 0 * NaN = NaN
+    h, z = (torch.where(counted[..., None], x, torch.ones_like(x)) for x in (h, z))
     per_pair = PAIR_LOSSES[loss_type](h, z)  # (B, T - shift)
     # where, not multiply: uncounted pairs contribute exactly 0 to the sum and a zero gradient
     loss_sum = torch.where(counted, per_pair, torch.zeros_like(per_pair)).sum()
@@ -217,7 +220,9 @@ def pairwise_cosine_penalty_terms(h, valid=None):
         raise ValueError(f"h must be 3-D (B, T, d), got shape {tuple(h.shape)}; add a batch dimension if needed")
     B, T, _ = h.shape
     valid = _valid_or_all(valid, B, T, h.device)
-    u = F.normalize(h.to(_compute_dtype(h)), dim=-1, eps=EPS)  # (B, T, d), zero vectors stay zero
+    h = h.to(_compute_dtype(h))
+    h = torch.where(valid[..., None], h, torch.ones_like(h))  # invalid positions: no NaN can reach the gradient
+    u = F.normalize(h, dim=-1, eps=EPS)  # (B, T, d), zero vectors stay zero
     u = torch.where(valid[..., None], u, torch.zeros_like(u))
     per_sequence = u.sum(1).square().sum(-1) - u.square().sum((1, 2))  # (B,)
     n = valid.sum(1)  # (B,)

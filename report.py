@@ -22,6 +22,7 @@ Nothing runs at import.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,15 @@ from matplotlib.figure import Figure  # object API: no pyplot, no global backend
 
 import data
 import metrics
+import runtime
 
 
 # ---------------------------------------------------------------------------- figures
 def _save(fig, path) -> str:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Save a figure under a temporary name, then rename it: a crash never leaves a torn PNG."""
+    tmp = Path(f"{path}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
     return str(path)
 
 
@@ -174,7 +179,7 @@ def write_all(results, out_dir, cfg, data_note: str) -> Path:
         plot(results, out_dir / name)
     for r in results:
         (out_dir / r["name"]).mkdir(exist_ok=True)
-        (out_dir / r["name"] / "metrics.json").write_text(json.dumps(r, indent=1))
+        runtime.write_text_atomically(out_dir / r["name"] / "metrics.json", json.dumps(r, indent=1))
     return write_report(results, out_dir, cfg, data_note)
 
 
@@ -245,5 +250,5 @@ def write_report(results, out_dir, cfg, data_note: str) -> Path:
               f"true next line of a held-out play after {cfg.mc_context_lines} lines of context vs 3 lines of the same "
               "play. ± is the binomial standard error sqrt(p(1-p)/n).", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    runtime.write_text_atomically(path, "\n".join(lines))
     return path

@@ -24,9 +24,7 @@ import signal
 import sys
 import threading
 import time
-import tomllib
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -42,118 +40,8 @@ import model as model_lib
 import runtime
 from metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key, avg_pairwise_cosine,
                      effective_rank)
-from objective import (ObjectiveConfig, aux_pair_masks, balance_weight, build_projector, forward_terms,
-                       projector_hidden_width, resolve_objective, total_loss)
-
-
-# ---------------------------------------------------------------------------- configuration
-@dataclass
-class TrainConfig(ObjectiveConfig):
-    """The objective's switches (ObjectiveConfig: objective, nitp_weight, target_layer, shift, loss_type,
-    stop_grad, nitp_start_step, projector, projector_hidden, attach, mask_doc_boundary) plus these."""
-    # model and data
-    preset: str = "small"                   # a name in model.PRESETS
-    data_dir: str | None = None             # None: data.DEFAULT_DATA_DIR, prepared on first use
-    out_dir: str = "runs/default"
-    # optimisation (paper: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, WSD with the last 20% decaying)
-    max_steps: int = 250                    # the main job's budget: ~7 min per run on 2 CPU cores (README)
-    batch_size: int | None = None           # sequences per micro-batch per process; None: no accumulation
-    seq_len: int = 256
-    global_batch_tokens: int = 2048         # tokens per optimizer step over all processes -> grad accumulation
-    lr: float = 1.5e-3
-    min_lr_frac: float = 0.0
-    warmup_steps: int = 15
-    decay_frac: float = 0.2
-    schedule: str = "wsd"                   # wsd | cosine
-    weight_decay: float = 0.1               # matrices only (dim >= 2), projector included
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                  # 0: no clipping (the norm is still logged)
-    seed: int = 1337
-    # evaluation, logging, checkpoints
-    eval_interval: int = 50                 # 0: only the final eval (eval_batches=0: none)
-    eval_batches: int = 8
-    log_interval: int = 10
-    ckpt_interval: int = 50                 # 0: only the final save
-    resume: bool = False                    # continue from OUT_DIR/ckpt.pt
-    # runtime
-    device: str = "auto"                    # auto | cpu | cuda | cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)
-    compile: bool = False                   # torch.compile each block (before FSDP2 wraps it)
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
-    cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
-    peak_flops: float | None = None         # per device, for MFU; None: looked up from the GPU's name
-    model_overrides: dict = field(default_factory=dict)  # GPTConfig fields from the CLI / the file
-
-
-SCHEDULES = ("wsd", "cosine")
-# beyond the model config, a checkpoint only fits a run that agrees on these (state shapes, the objective)
-RESUME_MUST_MATCH = ("objective", "projector", "projector_hidden", "target_layer", "attach")
-
-
-def parse_config(argv=None) -> TrainConfig:
-    """TrainConfig from `--key=value` flags and an optional `--config=FILE`; the flags override the file.
-    A name in both TrainConfig and GPTConfig (nitp_weight) sets the TrainConfig field."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    train_hints = typing.get_type_hints(TrainConfig)
-    model_hints = typing.get_type_hints(model_lib.GPTConfig)
-    if runtime.wants_help(argv):
-        print(__doc__, "TrainConfig flags (default):", *runtime.flag_help(TrainConfig, skip=("model_overrides",)),
-              "GPTConfig flags: --" + ", --".join(model_hints), sep="\n")
-        raise SystemExit(0)
-    settings, overrides = {}, {}
-
-    def put(key, value, from_cli):
-        if key == "model_overrides" and isinstance(value, dict):  # a saved train_config fed back as a file
-            for k, v in value.items():
-                put(k, v, from_cli)
-        elif key in train_hints and key != "model_overrides":
-            settings[key] = runtime.coerce_value(key, value, train_hints[key], from_cli)
-        elif key in model_hints:
-            overrides[key] = runtime.coerce_value(key, value, model_hints[key], from_cli)
-        else:
-            raise ValueError(f"unknown config key {key!r}: not a TrainConfig or GPTConfig field (see --help)")
-
-    flags = runtime.split_flags(argv)
-    for key, path, _ in flags:
-        if key == "config":
-            with open(path, "rb") as f:
-                loaded = tomllib.load(f) if path.endswith(".toml") else json.load(f)
-            if not isinstance(loaded, dict):
-                raise ValueError(f"config file {path} must hold a table / object of key = value pairs")
-            for k, v in loaded.items():
-                put(k, v, from_cli=False)
-    for key, value, _ in flags:
-        if key != "config":
-            put(key, value, from_cli=True)
-    return TrainConfig(**settings, model_overrides=overrides)
-
-
-def resolve_config(cfg: TrainConfig):
-    """(cfg with target_layer and nitp_weight filled in, the GPTConfig); ValueError for a bad combination."""
-    overrides = dict(cfg.model_overrides)
-    preset = model_lib.get_preset(cfg.preset)
-    if "n_layer" in overrides and "nitp_target_layer" not in overrides and preset.nitp_target_layer is not None \
-            and overrides["n_layer"] != preset.n_layer:
-        overrides["nitp_target_layer"] = None  # the preset's target layer was chosen for the preset's depth
-        if cfg.target_layer is None and int(os.environ.get("RANK", 0)) == 0:
-            print(f"note: --n_layer={overrides['n_layer']} changes {cfg.preset}'s depth ({preset.n_layer}), so NITP's "
-                  f"target layer comes from the 20% rule instead of the preset's {preset.nitp_target_layer}; "
-                  "pass --target_layer=K to choose", file=sys.stderr)
-    mcfg = dataclasses.replace(preset, **overrides)
-    cfg = resolve_objective(cfg, mcfg)
-    for ok, message in [
-        (cfg.schedule in SCHEDULES, f"schedule={cfg.schedule!r}; use one of {SCHEDULES}"),
-        (cfg.seq_len <= mcfg.block_size, f"seq_len={cfg.seq_len} exceeds the model's block_size={mcfg.block_size}; "
-                                         "lower --seq_len or raise --block_size"),
-        (min(cfg.max_steps, cfg.seq_len, cfg.global_batch_tokens, cfg.log_interval) > 0
-         and (cfg.batch_size is None or cfg.batch_size > 0),
-         "max_steps, batch_size, seq_len, global_batch_tokens and log_interval must be positive"),
-        (0 <= cfg.shift < cfg.seq_len, f"shift={cfg.shift} must be in [0, seq_len={cfg.seq_len})"),
-        (0 <= cfg.decay_frac <= 1 and 0 <= cfg.min_lr_frac <= 1, "decay_frac and min_lr_frac must be in [0, 1]"),
-    ]:
-        if not ok:
-            raise ValueError(message)
-    return cfg, mcfg
+from config import TrainConfig, check_out_dir, check_resumable, parse_config, resolve_config
+from objective import aux_pair_masks, balance_weight, build_projector, forward_terms, projector_hidden_width, total_loss
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -216,18 +104,6 @@ def shard(model, projector, cfg, rt):
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def check_resumable(meta, cfg, mcfg):
-    """ValueError naming every field where the checkpoint's model or objective differs from this run."""
-    ours, theirs, model_ours = dataclasses.asdict(cfg), meta["train_config"], mcfg.to_dict()
-    diffs = [f"model field {k}: checkpoint {v!r}, this run {model_ours.get(k)!r}"
-             for k, v in meta["model_config"].items() if model_ours.get(k) != v]
-    diffs += [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in RESUME_MUST_MATCH
-              if theirs.get(k) != ours[k]]
-    if diffs:
-        raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)
-                         + ". Pass the checkpoint's values, or drop --resume / use a new --out_dir")
-
-
 def training_state(run) -> dict:
     """The DCP state of a run: sharded model + projector and optimizer state, and the RNG."""
     model_state, optimizer_state = get_state_dict(run.container, run.optimizer)
@@ -268,8 +144,9 @@ def evaluate(run):
 
 
 # ---------------------------------------------------------------------------- logging
-def write_jsonl(path, *records, mode="a"):
-    with open(path, mode) as f:
+def write_jsonl(path, *records):
+    """Append records to log.jsonl (a crash can tear only the last line, which read_log_until drops)."""
+    with open(path, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
@@ -319,6 +196,7 @@ class TrainResult:
     out_dir: str
     step: int                           # optimizer steps completed
     history: list                       # the train and eval records this call wrote to log.jsonl
+    stopped_by: int | None = None       # the signal that stopped the run before max_steps, if one did
 
 
 def unsharded(sharded, plain, device):
@@ -341,6 +219,7 @@ def check_memory(cfg, mcfg, rt):
         print(plan.table(device_bytes), flush=True)
     if plan.exceeds(device_bytes):
         raise ValueError(memory.advice(plan, device_bytes, rt.world, cfg.activation_checkpointing))
+    return plan
 
 
 def build_run(cfg, mcfg, rt) -> Run:
@@ -360,7 +239,13 @@ def build_run(cfg, mcfg, rt) -> Run:
     # a step's global batch is a function of (seed, step) alone; each process reads its micro-batches' slices
     samplers = [data.BatchSampler(data.load_split(data_dir, split), cfg.global_batch_tokens // cfg.seq_len,
                                   cfg.seq_len, cfg.seed) for split in ("train", "val")]
-    check_memory(cfg, mcfg, rt)
+    plan = check_memory(cfg, mcfg, rt)
+    if rt.master:  # room for one more checkpoint: the previous one stays until the new one is complete
+        check_out_dir(cfg.out_dir, (plan.params + plan.optimizer) * rt.world)
+        if not cfg.resume and checkpoint.latest(cfg.out_dir) is not None:
+            raise ValueError(f"--out_dir={cfg.out_dir} already holds a run ({checkpoint.latest(cfg.out_dir)}); pass "
+                             "--resume=true to continue it, or another --out_dir to start a new one")
+    runtime.barrier(rt)
     torch.manual_seed(cfg.seed)
     model = model_lib.GPT(mcfg).to(rt.device)  # full weights first, then sharded: the same init for any world size
     projector = build_projector(cfg, mcfg)  # after the model: its init is the same for every objective
@@ -376,14 +261,13 @@ def build_run(cfg, mcfg, rt) -> Run:
               optimizer=optimizer, train_sampler=samplers[0], val_sampler=samplers[1],
               grad_accum=cfg.global_batch_tokens // (micro_tokens * rt.world), eot=meta.get("eot_token", data.EOT),
               meta=meta, data_dir=data_dir, log_path=os.path.join(cfg.out_dir, "log.jsonl"))
-    os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.resume:
         ckpt_dir = checkpoint.latest(cfg.out_dir)
         if ckpt_dir is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {cfg.out_dir}/{checkpoint.CHECKPOINTS}; drop "
                                     "--resume to start a new run")
         saved = checkpoint.read_meta(ckpt_dir)
-        check_resumable(saved, cfg, mcfg)
+        notes = check_resumable(saved, cfg, mcfg, data.repo_relative(data_dir))
         state = training_state(run)
         checkpoint.load(ckpt_dir, state)  # DCP reshards: the checkpoint may come from another world size
         set_state_dict(run.container, run.optimizer, model_state_dict=state["model"],
@@ -391,13 +275,18 @@ def build_run(cfg, mcfg, rt) -> Run:
         torch.set_rng_state(state["rng"])
         run.step = saved["step"]  # the samplers are pure functions of the step: this is the data position too
         if rt.master:
-            write_jsonl(run.log_path, *read_log_until(run.log_path, run.step), mode="w")
+            kept = read_log_until(run.log_path, run.step)
+            resumed = {"kind": "resume", "step": run.step, "checkpoint": data.repo_relative(ckpt_dir),
+                       "world_size": rt.world, "notes": notes}
+            runtime.write_text_atomically(run.log_path, "".join(json.dumps(r) + "\n" for r in kept + [resumed]))
+            for note in notes:
+                print(f"resume: {note}", flush=True)
     elif rt.master:  # a fresh run starts a fresh log
-        write_jsonl(run.log_path, {
+        runtime.write_text_atomically(run.log_path, json.dumps({
             "kind": "config", "train_config": dataclasses.asdict(cfg), "model_config": mcfg.to_dict(),
             "world_size": rt.world, "grad_accum": run.grad_accum, "device": str(rt.device),
             "num_params": model.num_params(), "num_params_active": model.num_params(active=True),
-            "projector_params": sum(p.numel() for p in projector.parameters()) if projector else 0}, mode="w")
+            "projector_params": sum(p.numel() for p in projector.parameters()) if projector else 0}) + "\n")
     return run
 
 
@@ -415,10 +304,16 @@ def my_slices(run):
     return [((m * world + run.rt.rank) * B, B) for m in range(run.grad_accum)]
 
 
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf loss or gradient norm under --on_nonfinite=stop."""
+
+
 def train_step(run):
-    """One optimizer step over the global batch -> (lr, aux weight, [loss_ntp, loss_aux, loss_balance], grad norm).
-    Each micro-batch term is divided by its GLOBAL count (all micro-batches, all ranks) and the gradients are
-    summed, so the step is the same for any accumulation split and world size."""
+    """One optimizer step over the global batch -> (lr, aux weight, [loss_ntp, loss_aux, loss_balance], grad norm,
+    whether the update was applied). Each micro-batch term is divided by its GLOBAL count (all micro-batches, all
+    ranks) and the gradients are summed, so the step is the same for any accumulation split and world size. A
+    non-finite loss or gradient norm never reaches the weights: the run stops (--on_nonfinite=stop, raising
+    NonFiniteLoss) or the update is dropped (skip)."""
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     lr = lr_at(run.step, cfg)
     for group in run.optimizer.param_groups:
@@ -441,10 +336,18 @@ def train_step(run):
         stats += torch.stack([loss_ntp, loss_aux, loss_balance]).detach().float()
     runtime.all_reduce(stats, rt)  # FSDP2 reduced the gradients during the backward passes
     grad_norm = clip_grad_norm(run.params, cfg.grad_clip, rt)
-    run.optimizer.step()
+    finite = bool(torch.isfinite(grad_norm) and torch.isfinite(stats).all())  # the same on every rank
+    if finite:
+        run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    run.step += 1
-    return lr, cfg.nitp_weight if aux_trained else 0.0, stats, grad_norm
+    if not finite and cfg.on_nonfinite == "stop":
+        loss_ntp, loss_aux, _ = stats.tolist()
+        raise NonFiniteLoss(f"step {run.step + 1}: non-finite loss or gradient (loss_ntp {loss_ntp}, aux {loss_aux}, "
+                            f"grad norm {grad_norm.item()}); stopped before the optimizer step, so the newest "
+                            f"checkpoint ({checkpoint.latest(cfg.out_dir) or 'none yet'}) holds the last good weights. "
+                            "Lower --lr, check the data, or pass --on_nonfinite=skip to skip such steps")
+    run.step += 1  # a skipped step still consumes its batch and its place in the schedule
+    return lr, cfg.nitp_weight if aux_trained else 0.0, stats, grad_norm, finite
 
 
 @contextlib.contextmanager
@@ -452,11 +355,13 @@ def graceful_stop():
     """SIGINT / SIGTERM set `stop.requested`: the loop saves at the end of the step and returns cleanly; a
     second signal aborts at once. Installed only from the main thread; the old handlers come back on exit."""
     stop = threading.Event()
+    stop.signum = None
 
     def on_signal(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        stop.signum = signum
         print(f"\nsignal {signum}: saving a checkpoint after this step, then stopping", flush=True)
 
     in_main = threading.current_thread() is threading.main_thread()
@@ -476,12 +381,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         run = build_run(cfg, mcfg, rt)
         with graceful_stop() as stop:
             history = training_loop(run, stop)
+        stopped_by = stop.signum if run.step < cfg.max_steps else None
         runtime.barrier(rt)
         plain = rt.world == 1  # alone, the shards are the whole tensors: hand back ordinary modules
         return TrainResult(unsharded(run.model, model_lib.GPT(mcfg), rt.device) if plain else None,
                            unsharded(run.projector, build_projector(cfg, mcfg), rt.device)
                            if plain and run.projector else None,
-                           cfg.out_dir, run.step, history)
+                           cfg.out_dir, run.step, history, stopped_by)
     finally:
         runtime.stop(rt)
 
@@ -495,8 +401,12 @@ def training_loop(run, stop):
     history, ema, ema_n, train_time, window = [], 0.0, 0, 0.0, [0.0, 0]  # window: seconds, steps since last log
     while run.step < cfg.max_steps:
         t0 = time.perf_counter()
-        lr, weight, stats, grad_norm = train_step(run)
-        ema = 0.9 * ema + 0.1 * total_loss(stats[0], stats[1], stats[2], weight, balance_weight(mcfg))  # no sync
+        lr, weight, stats, grad_norm, applied = train_step(run)
+        if not applied and rt.master:
+            write_jsonl(run.log_path, {"kind": "skipped", "step": run.step, "grad_norm": grad_norm.item()})
+            print(f"step {run.step:>5}: non-finite loss or gradient, update skipped (--on_nonfinite=skip)", flush=True)
+        if applied:
+            ema = 0.9 * ema + 0.1 * total_loss(stats[0], stats[1], stats[2], weight, balance_weight(mcfg))
         stop_now = stop.is_set()
         if rt.world > 1:  # all ranks must agree to stop at the same step
             flag = torch.tensor([float(stop_now)], device=rt.device)
@@ -553,11 +463,26 @@ def training_loop(run, stop):
 
 
 def main(argv=None):
+    """The command line. Exit codes: 0 the run reached max_steps; 2 bad input (a flag, a file, a config that
+    does not fit, a corrupted checkpoint), one line naming it; 1 a failure while training (a non-finite loss,
+    a full disk), one line; 128 + N when signal N stopped it before max_steps (after saving a checkpoint)."""
     try:
-        train(parse_config(argv))
+        result = train(parse_config(argv, __doc__))
     except (ValueError, FileNotFoundError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a folder that went away: the cause, not a chained traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"train.py: error: {err.strerror or err}{where}; free space or fix the path, then rerun with "
+              "--resume=true to continue from the last checkpoint", file=sys.stderr)
+        return 1
+    if result.stopped_by is not None:
+        print(f"train.py: stopped by signal {result.stopped_by} at step {result.step}; the checkpoint is saved: rerun "
+              "with --resume=true to continue", file=sys.stderr)
+        return 128 + result.stopped_by
     return 0
 
 

@@ -162,8 +162,9 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     runs = [write_run(tmp_path / "ntp", "ntp", data_dir, seed=0),
             write_run(tmp_path / "nitp", "nitp", data_dir, seed=1)]
     out = tmp_path / "report"
-    results = ev.main([str(r) for r in runs] + [f"--out={out}", "--max_tokens=200", "--num_mc=8", "--device=cpu",
-                                                 "--probe_window=16", "--probe_per_play=4", "--num_pairs=500"])
+    assert ev.main([str(r) for r in runs] + [f"--out={out}", "--max_tokens=200", "--num_mc=8", "--device=cpu",
+                                             "--probe_window=16", "--probe_per_play=4", "--num_pairs=500"]) == 0
+    results = [json.loads((out / name / "metrics.json").read_text()) for name in ("ntp", "nitp")]
     for name in report.FIGURES:
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 15_000, name  # a drawn figure, not an empty canvas
@@ -179,6 +180,7 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     assert 1.0 <= metrics["effective_rank"] <= 32 and len(metrics["layers"]) == 4
     assert metrics["probe"]["classes"] == ["comedy", "history", "tragedy"]
     assert results[0]["history"]["train_nitp"] == [] and len(results[1]["history"]["train_nitp"]) == 40
+    assert ev.main([str(tmp_path / "nothing"), f"--out={out}"]) == 2  # one line, no traceback
 
 
 # ---------------------------------------------------------------------------- errors

@@ -367,3 +367,32 @@ def test_input_errors():
         pairwise_cosine_penalty(x[0])
     with pytest.raises(ValueError, match="valid must be a bool tensor"):
         pairwise_cosine_penalty(x, valid=bool_mask.int())
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_nan_and_inf_at_uncounted_positions_do_not_reach_loss_or_gradient(loss_type):
+    """Whatever an uncounted position holds (NaN, inf), the loss is that of the clean input and its gradient is
+    exactly zero there (the docstring's promise): masked values never enter the arithmetic."""
+    pred, target, valid, pair_valid = random_inputs(7, B=2, T=6, d=5, shift=1, masks="valid+pair")
+    clean_loss, (clean_grad,) = grad_of(lambda p: nitp_loss(p, target, valid, 1, loss_type, True, pair_valid), pred)
+    counted = counted_pairs(valid, 1, pair_valid)
+    dirty_pred, dirty_target = pred.clone(), target.clone()
+    uncounted = (~counted).nonzero().tolist()
+    assert uncounted, "the random masks leave some pairs uncounted"
+    for i, (b, t) in enumerate(uncounted):
+        dirty_pred[b, t] = float("nan") if i % 2 else float("inf")
+        dirty_target[b, t + 1] = float("nan")
+    loss, (grad,) = grad_of(lambda p: nitp_loss(p, dirty_target, valid, 1, loss_type, True, pair_valid), dirty_pred)
+    assert torch.isfinite(loss) and abs(loss.item() - clean_loss.item()) < TOL
+    assert torch.isfinite(grad).all() and torch.equal(grad, clean_grad)
+    for b, t in uncounted:
+        assert (grad[b, t] == 0).all()
+
+
+def test_nan_at_invalid_positions_does_not_reach_the_penalty():
+    h, _, valid, _ = random_inputs(8, B=2, T=6, d=4, masks="valid")
+    clean, (clean_grad,) = grad_of(lambda x: pairwise_cosine_penalty(x, valid), h)
+    dirty = h.clone()
+    dirty[~valid] = float("nan")
+    value, (grad,) = grad_of(lambda x: pairwise_cosine_penalty(x, valid), dirty)
+    assert abs(value.item() - clean.item()) < TOL and torch.equal(grad, clean_grad) and (grad[~valid] == 0).all()

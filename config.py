@@ -1,0 +1,225 @@
+"""config.py: a training run's configuration: TrainConfig, read from flags and files, resolved, checked.
+
+TrainConfig is objective.ObjectiveConfig (every switch of the paper's ablation table) plus the model,
+data, optimisation, evaluation and runtime fields. Every field, and every model.GPTConfig field, is a
+`--key=value` flag or a key of a `--config` file (TOML or JSON); flags win over the file, GPTConfig fields
+apply on top of --preset. Everything that can be checked before training is checked here, so a bad value
+fails in the first second with a line that names it and the fix, not after hours of training: the range
+of every numeric field, the combination with the model, a writable output directory with room for a
+checkpoint, and, on --resume, that the run being continued is the same run (`check_resumable`).
+
+train.py (and compare.py, to resolve a variant's flags) import it. Nothing runs at import.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+import model as model_lib
+import runtime
+from objective import ObjectiveConfig, resolve_objective
+
+
+# ---------------------------------------------------------------------------- the fields
+@dataclass
+class TrainConfig(ObjectiveConfig):
+    """The objective's switches (ObjectiveConfig: objective, nitp_weight, target_layer, shift, loss_type,
+    stop_grad, nitp_start_step, projector, projector_hidden, attach, mask_doc_boundary) plus these."""
+    # model and data
+    preset: str = "small"                   # a name in model.PRESETS
+    data_dir: str | None = None             # None: data.DEFAULT_DATA_DIR, prepared on first use
+    out_dir: str = "runs/default"
+    # optimisation (paper: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, WSD with the last 20% decaying)
+    max_steps: int = 250                    # the main job's budget: ~7 min per run on 2 CPU cores (README)
+    batch_size: int | None = None           # sequences per micro-batch per process; None: no accumulation
+    seq_len: int = 256
+    global_batch_tokens: int = 2048         # tokens per optimizer step over all processes -> grad accumulation
+    lr: float = 1.5e-3
+    min_lr_frac: float = 0.0
+    warmup_steps: int = 15
+    decay_frac: float = 0.2
+    schedule: str = "wsd"                   # wsd | cosine
+    weight_decay: float = 0.1               # matrices only (dim >= 2), projector included
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0                  # 0: no clipping (the norm is still logged)
+    seed: int = 1337
+    on_nonfinite: str = "stop"              # a NaN/inf loss or gradient norm: stop (keep the last checkpoint) | skip
+    # evaluation, logging, checkpoints
+    eval_interval: int = 50                 # 0: only the final eval (eval_batches=0: none)
+    eval_batches: int = 8
+    log_interval: int = 10
+    ckpt_interval: int = 50                 # 0: only the final save
+    resume: bool = False                    # continue from the newest checkpoint in OUT_DIR/checkpoints
+    # runtime
+    device: str = "auto"                    # auto | cpu | cuda | cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)
+    compile: bool = False                   # torch.compile each block (before FSDP2 wraps it)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
+    peak_flops: float | None = None         # per device, for MFU; None: looked up from the GPU's name
+    model_overrides: dict = field(default_factory=dict)  # GPTConfig fields from the CLI / the file
+
+
+SCHEDULES, NONFINITE_POLICIES = ("wsd", "cosine"), ("stop", "skip")
+# what a resumed run may change: where and how it runs, how often it logs, evaluates and saves; anything
+# else changes the trajectory (max_steps may grow: continuing a run is common; see check_resumable)
+RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "eval_interval", "eval_batches", "log_interval",
+                     "ckpt_interval", "device", "compile", "activation_checkpointing", "cpu_malloc_tuning",
+                     "peak_flops", "on_nonfinite")
+
+
+# ---------------------------------------------------------------------------- reading
+def read_config_file(path) -> dict:
+    """The key = value pairs of a TOML or JSON file; ValueError naming the file and what is wrong."""
+    if not path.endswith((".toml", ".json")):
+        raise ValueError(f"--config={path}: give a .toml or .json file (other formats, YAML included, are not read)")
+    try:
+        with open(path, "rb") as f:
+            loaded = tomllib.load(f) if path.endswith(".toml") else json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config={path}: no such file") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        kind = "TOML" if path.endswith(".toml") else "JSON"
+        raise ValueError(f"--config={path} is not valid {kind}: {err}; fix the file") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config={path} must hold a table / object of key = value pairs")
+    return loaded
+
+
+def parse_config(argv=None, doc=None) -> TrainConfig:
+    """TrainConfig from `--key=value` flags and an optional `--config=FILE`; the flags override the file.
+    A name in both TrainConfig and GPTConfig (nitp_weight) sets the TrainConfig field."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    train_hints = typing.get_type_hints(TrainConfig)
+    model_hints = typing.get_type_hints(model_lib.GPTConfig)
+    if runtime.wants_help(argv):
+        print(doc or __doc__, "TrainConfig flags (default):",
+              *runtime.flag_help(TrainConfig, skip=("model_overrides",)),
+              "GPTConfig flags: --" + ", --".join(model_hints), sep="\n")
+        raise SystemExit(0)
+    settings, overrides = {}, {}
+
+    def put(key, value, from_cli):
+        if key == "model_overrides" and isinstance(value, dict):  # a saved train_config fed back as a file
+            for k, v in value.items():
+                put(k, v, from_cli)
+        elif key in train_hints and key != "model_overrides":
+            settings[key] = runtime.coerce_value(key, value, train_hints[key], from_cli)
+        elif key in model_hints:
+            overrides[key] = runtime.coerce_value(key, value, model_hints[key], from_cli)
+        else:
+            raise ValueError(f"unknown config key {key!r}: not a TrainConfig or GPTConfig field (see --help)")
+
+    flags = runtime.split_flags(argv)
+    for key, path, _ in flags:
+        if key == "config":
+            for k, v in read_config_file(path).items():
+                put(k, v, from_cli=False)
+    for key, value, _ in flags:
+        if key != "config":
+            put(key, value, from_cli=True)
+    return TrainConfig(**settings, model_overrides=overrides)
+
+
+# ---------------------------------------------------------------------------- checking
+def resolve_config(cfg: TrainConfig):
+    """(cfg with target_layer and nitp_weight filled in, the GPTConfig); ValueError naming a bad value."""
+    overrides = dict(cfg.model_overrides)
+    preset = model_lib.get_preset(cfg.preset)
+    if "n_layer" in overrides and "nitp_target_layer" not in overrides and preset.nitp_target_layer is not None \
+            and overrides["n_layer"] != preset.n_layer:
+        overrides["nitp_target_layer"] = None  # the preset's target layer was chosen for the preset's depth
+        if cfg.target_layer is None and int(os.environ.get("RANK", 0)) == 0:
+            print(f"note: --n_layer={overrides['n_layer']} changes {cfg.preset}'s depth ({preset.n_layer}), so NITP's "
+                  f"target layer comes from the 20% rule instead of the preset's {preset.nitp_target_layer}; "
+                  "pass --target_layer=K to choose", file=sys.stderr)
+    mcfg = dataclasses.replace(preset, **overrides)
+    finite = all(math.isfinite(v) for v in (cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.beta1, cfg.beta2,
+                                            cfg.min_lr_frac, cfg.decay_frac) + ((cfg.nitp_weight,) if cfg.nitp_weight
+                                                                                 is not None else ()))
+    if not finite:
+        raise ValueError("lr, weight_decay, grad_clip, beta1, beta2, min_lr_frac, decay_frac and nitp_weight must be "
+                         "finite numbers (no nan or inf)")
+    cfg = resolve_objective(cfg, mcfg)
+    for ok, message in [
+        (cfg.nitp_weight >= 0, f"nitp_weight={cfg.nitp_weight} is negative: it would reward the objective's "
+                               "opposite; use a value >= 0 (the paper uses 0.6-1.0)"),
+        (cfg.schedule in SCHEDULES, f"schedule={cfg.schedule!r}; use one of {SCHEDULES}"),
+        (cfg.on_nonfinite in NONFINITE_POLICIES, f"on_nonfinite={cfg.on_nonfinite!r}; use one of {NONFINITE_POLICIES}"),
+        (cfg.seq_len <= mcfg.block_size, f"seq_len={cfg.seq_len} exceeds the model's block_size={mcfg.block_size}; "
+                                         "lower --seq_len or raise --block_size"),
+        (min(cfg.max_steps, cfg.seq_len, cfg.global_batch_tokens, cfg.log_interval) > 0
+         and (cfg.batch_size is None or cfg.batch_size > 0),
+         "max_steps, batch_size, seq_len, global_batch_tokens and log_interval must be positive"),
+        (min(cfg.warmup_steps, cfg.eval_interval, cfg.eval_batches, cfg.ckpt_interval, cfg.nitp_start_step,
+             cfg.seed) >= 0, "warmup_steps, eval_interval, eval_batches, ckpt_interval, nitp_start_step and seed "
+                             "must be >= 0"),
+        (cfg.lr > 0, f"lr={cfg.lr} must be > 0"),
+        (cfg.weight_decay >= 0 and cfg.grad_clip >= 0, "weight_decay and grad_clip must be >= 0 (grad_clip=0: no "
+                                                       "clipping)"),
+        (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, f"beta1={cfg.beta1} and beta2={cfg.beta2} must be in [0, 1)"),
+        (cfg.projector_hidden is None or cfg.projector_hidden > 0, "projector_hidden must be positive (or none)"),
+        (0 <= cfg.shift < cfg.seq_len, f"shift={cfg.shift} must be in [0, seq_len={cfg.seq_len})"),
+        (0 <= cfg.decay_frac <= 1 and 0 <= cfg.min_lr_frac <= 1, "decay_frac and min_lr_frac must be in [0, 1]"),
+    ]:
+        if not ok:
+            raise ValueError(message)
+    return cfg, mcfg
+
+
+def check_out_dir(out_dir, needed_bytes: int) -> None:
+    """Before training: out_dir is (or can become) a writable folder with room for one more checkpoint."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out_dir={out_dir} is a file, not a folder; pass a folder path")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"--out_dir={out_dir} is not writable ({err.strerror}); pick another folder") from None
+    for name in ("checkpoints", "log.jsonl"):
+        path = os.path.join(out_dir, name)
+        if name == "checkpoints" and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is a file where train.py keeps its checkpoint folders; move it away")
+        if name == "log.jsonl" and os.path.isdir(path):
+            raise ValueError(f"{path} is a folder where train.py writes its log; move it away")
+    free = shutil.disk_usage(out_dir).free
+    if free < needed_bytes:
+        raise ValueError(f"--out_dir={out_dir} has {free / 2**20:,.0f} MiB free, a checkpoint needs about "
+                         f"{needed_bytes / 2**20:,.0f} MiB; free some space or use another --out_dir")
+
+
+def check_resumable(meta, cfg, mcfg, data_dir: str) -> list[str]:
+    """ValueError naming every field where the checkpoint's run differs from this one in a way that changes the
+    trajectory (model, objective, data, optimisation, seed); returns notes for what may change (a longer run).
+    data_dir: this run's data directory in the form checkpoints store (relative to the repository)."""
+    ours, theirs, model_ours = dataclasses.asdict(cfg), meta["train_config"], mcfg.to_dict()
+    diffs = [f"model field {k}: checkpoint {v!r}, this run {model_ours.get(k)!r}"
+             for k, v in meta["model_config"].items() if model_ours.get(k) != v]
+    diffs += [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in ours
+              if k not in RESUME_MAY_CHANGE + ("model_overrides", "data_dir") and theirs.get(k) != ours[k]]
+    if meta.get("data_dir") != data_dir:
+        diffs.append(f"data_dir: checkpoint {meta.get('data_dir')!r}, this run {data_dir!r}")
+    if diffs:
+        raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)
+                         + ". Pass the checkpoint's values, or drop --resume / use a new --out_dir")
+    notes = []
+    old_max = theirs.get("max_steps", cfg.max_steps)
+    if cfg.max_steps != old_max:
+        if cfg.max_steps < meta["step"]:
+            raise ValueError(f"--max_steps={cfg.max_steps} is below the checkpoint's step {meta['step']}; pass a "
+                             f"larger --max_steps (the run was planned for {old_max})")
+        notes.append(f"max_steps {old_max} -> {cfg.max_steps}")
+        decay_start = old_max - round(cfg.decay_frac * old_max) if cfg.schedule == "wsd" else cfg.warmup_steps
+        if meta["step"] > decay_start:
+            notes.append(f"warning: the checkpoint (step {meta['step']}) is past the old schedule's decay start (step "
+                         f"{decay_start}): the learning rate jumps back up from here")
+    return notes

@@ -1,0 +1,285 @@
+"""Fault injection: bad input and faults against train.py, eval.py and compare.py, on a tiny model.
+
+Every case asserts the exit code, the one-line message (no traceback) and that nothing the user produced was
+lost: the newest checkpoint still verifies and loads, log.jsonl still parses. The runs are copies of one finished
+6-step run made once per module, so the whole file stays well under two minutes on 2 cores."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import compare
+import eval as eval_lib
+import objective
+import train
+from test_train import data_dir  # noqa: F401 (a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["--preset=tiny-dense", "--device=cpu", "--seq_len=16", "--batch_size=2", "--global_batch_tokens=64",
+        "--lr=1e-2", "--warmup_steps=2", "--eval_batches=1", "--log_interval=1", "--objective=nitp"]
+
+
+def args(out_dir, data, *extra, steps=6):
+    return [*BASE, f"--data_dir={data}", f"--out_dir={out_dir}", f"--max_steps={steps}", "--ckpt_interval=2", *extra]
+
+
+def run_main(capsys, argv):
+    """(exit code, stderr) of train.main; the message must be one line with no traceback."""
+    code = train.main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def intact(out_dir, step=None):
+    """The newest checkpoint verifies and loads into a model, and log.jsonl parses line by line."""
+    latest = checkpoint.latest(out_dir)
+    assert latest is not None
+    meta = checkpoint.read_meta(latest)
+    checkpoint.verify(latest, meta)
+    model, _ = checkpoint.load_model(out_dir)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    lines = (Path(out_dir) / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines[:-1]]  # a kill mid-append may tear the last line only
+    assert records[0]["kind"] == "config"
+    if step is not None:
+        assert meta["step"] == step
+    return meta
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir):  # noqa: F811
+    out = tmp_path_factory.mktemp("faults") / "run"
+    assert train.main(args(out, data_dir)) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(tmp_path, finished):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+# ---------------------------------------------------------------------------- bad values: refused before training
+@pytest.mark.parametrize("flag, message", [
+    ("--nitp_weight=nan", "finite numbers"), ("--nitp_weight=inf", "finite numbers"),
+    ("--nitp_weight=-1", "nitp_weight=-1.0 is negative"), ("--warmup_steps=-5", "must be >= 0"),
+    ("--grad_clip=-1", "grad_clip must be >= 0"), ("--lr=0", "lr=0.0 must be > 0"), ("--lr=nan", "finite numbers"),
+    ("--beta1=1.5", "beta1=1.5 and beta2=0.95 must be in [0, 1)"), ("--weight_decay=-0.1", "weight_decay"),
+    ("--eval_batches=-1", "must be >= 0"), ("--on_nonfinite=maybe", "on_nonfinite='maybe'"),
+    ("--projector_hidden=0", "projector_hidden must be positive"), ("--preset=bogus", "unknown preset 'bogus'"),
+    ("--bogus=1", "unknown config key 'bogus'"), ("--device=cuda", "no usable CUDA GPU"),
+    ("--target_layer=7", "target_layer=7 is outside"), ("--seq_len=1000", "exceeds the model's block_size"),
+])
+def test_bad_values_are_one_line_exit_2_and_nothing_is_written(tmp_path, data_dir, capsys, flag, message):  # noqa
+    code, err = run_main(capsys, args(tmp_path / "out", data_dir, flag))
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("run.yaml", "lr: 1\n", "give a .toml or .json file"), ("run.toml", "lr = = 1\n", "is not valid TOML"),
+    ("run.json", "{\"lr\": 1,}", "is not valid JSON"), ("run.json", "[1, 2]", "table / object"),
+    ("missing.toml", None, "no such file"), ("run.toml", 'lr = "fast"\n', "'lr' expects float"),
+])
+def test_bad_config_files_name_the_file(tmp_path, data_dir, capsys, name, text, message):  # noqa: F811
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    code, err = run_main(capsys, args(tmp_path / "out", data_dir, f"--config={path}"))
+    assert code == 2 and message in err and (name in err or "'lr'" in err)
+
+
+def test_out_dir_problems_are_found_before_training(tmp_path, data_dir, capsys):  # noqa: F811
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    code, err = run_main(capsys, args(a_file, data_dir))
+    assert code == 2 and "is a file, not a folder" in err and a_file.read_text() == "mine"
+    (tmp_path / "o1" / "checkpoints").parent.mkdir()
+    (tmp_path / "o1" / "checkpoints").write_text("mine")
+    code, err = run_main(capsys, args(tmp_path / "o1", data_dir))
+    assert code == 2 and "keeps its checkpoint folders" in err
+    (tmp_path / "o2" / "log.jsonl").mkdir(parents=True)
+    code, err = run_main(capsys, args(tmp_path / "o2", data_dir))
+    assert code == 2 and "writes its log" in err
+    code, err = run_main(capsys, args(tmp_path / "o3", tmp_path / "no_data"))
+    assert code == 2 and "does not exist" in err
+
+
+# ---------------------------------------------------------------------------- a finished run is never overwritten
+def test_a_fresh_run_into_a_used_out_dir_is_refused(run_copy, data_dir, capsys):  # noqa: F811
+    before = intact(run_copy, step=6)
+    code, err = run_main(capsys, args(run_copy, data_dir))
+    assert code == 2 and "already holds a run" in err and "--resume=true" in err
+    assert intact(run_copy, step=6)["sha256"] == before["sha256"]
+
+
+@pytest.mark.parametrize("flag, field", [("--seed=1", "seed: checkpoint 1337, this run 1"), ("--lr=0.02", "lr:"),
+                                         ("--loss_type=mse", "loss_type"),
+                                         ("--global_batch_tokens=128", "global_batch"),
+                                         ("--shift=0", "shift"), ("--n_layer=3", "model field n_layer"),
+                                         ("--schedule=cosine", "schedule")])
+def test_resume_refuses_a_changed_run(run_copy, data_dir, capsys, flag, field):  # noqa: F811
+    code, err = run_main(capsys, args(run_copy, data_dir, flag, "--resume=true", steps=8))
+    assert code == 2 and "cannot resume" in err and field in err
+    intact(run_copy, step=6)
+
+
+def test_resume_refuses_other_data(run_copy, tmp_path, data_dir, capsys):  # noqa: F811
+    other = tmp_path / "other_data"
+    shutil.copytree(data_dir, other)
+    code, err = run_main(capsys, args(run_copy, other, "--resume=true", steps=8))
+    assert code == 2 and "data_dir: checkpoint" in err
+    intact(run_copy, step=6)
+
+
+def test_extending_max_steps_is_allowed_logged_and_warned(run_copy, data_dir, capsys):  # noqa: F811
+    code, _ = run_main(capsys, args(run_copy, data_dir, "--resume=true", steps=9))
+    assert code == 0
+    records = [json.loads(line) for line in (run_copy / "log.jsonl").read_text().splitlines()]
+    resume = next(r for r in records if r["kind"] == "resume")
+    assert resume["step"] == 6 and "max_steps 6 -> 9" in resume["notes"][0]
+    assert any("past the old schedule's decay start" in note for note in resume["notes"])  # WSD decayed from step 5
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 10))
+    intact(run_copy, step=9)
+    code, err = run_main(capsys, args(run_copy, data_dir, "--resume=true", steps=4))
+    assert code == 2 and "below the checkpoint's step 9" in err
+
+
+# ---------------------------------------------------------------------------- corrupted checkpoints
+def _shard(out_dir):
+    return next(p for p in checkpoint.latest(out_dir).iterdir() if p.suffix == ".distcp")
+
+
+@pytest.mark.parametrize("damage", ["overwrite", "truncate", "delete", "meta"])
+def test_a_corrupted_checkpoint_is_refused_never_trained_on_or_overwritten(run_copy, data_dir, capsys, damage):  # noqa
+    shard = _shard(run_copy)
+    if damage == "overwrite":  # bytes in the middle, length unchanged: only a checksum sees it
+        raw = bytearray(shard.read_bytes())
+        raw[len(raw) // 2:len(raw) // 2 + 64] = os.urandom(64)
+        shard.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        (shard.parent / "meta.json").write_text('{"step": 6, "model_conf')
+    snapshot = {p.name: p.read_bytes() for p in shard.parent.iterdir()}
+    code, err = run_main(capsys, args(run_copy, data_dir, "--resume=true", steps=8))
+    assert code == 2 and "corrupted" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in shard.parent.iterdir()} == snapshot  # untouched
+    assert checkpoint.latest(run_copy) == shard.parent  # still the newest: nothing newer was written over it
+    assert eval_lib.main([str(run_copy), f"--out={run_copy.parent / 'report'}"]) == 2
+    assert "corrupted" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- non-finite values while training
+def test_a_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path, data_dir, capsys,  # noqa: F811
+                                                                           monkeypatch):
+    real = objective.forward_terms
+    calls = []
+
+    def nan_at_step_5(*a, **k):  # 2 micro-batches a step: the 9th forward pass is step 5's first
+        calls.append(1)
+        terms = real(*a, **k)
+        if len(calls) > 8:
+            terms.ce_sum = terms.ce_sum * float("nan")
+        return terms
+
+    monkeypatch.setattr(train, "forward_terms", nan_at_step_5)
+    code, err = run_main(capsys, args(tmp_path / "out", data_dir, "--eval_batches=0"))
+    assert code == 1 and "step 5: non-finite loss or gradient" in err and "--on_nonfinite=skip" in err
+    intact(tmp_path / "out", step=4)  # the step-4 checkpoint, finite, untouched
+
+
+def test_skip_policy_drops_non_finite_updates_and_finishes(tmp_path, data_dir, capsys, monkeypatch):  # noqa: F811
+    real, calls = objective.forward_terms, []
+
+    def nan_once(*a, **k):
+        calls.append(1)
+        terms = real(*a, **k)
+        if len(calls) in (5, 6):  # both micro-batches of step 3
+            terms.aux_sum = terms.aux_sum * float("inf")
+        return terms
+
+    monkeypatch.setattr(train, "forward_terms", nan_once)
+    code, _ = run_main(capsys, args(tmp_path / "out", data_dir, "--on_nonfinite=skip", "--eval_batches=0"))
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "skipped"] == [3]
+    intact(tmp_path / "out", step=6)
+
+
+# ---------------------------------------------------------------------------- the disk
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, data_dir, capsys, monkeypatch):  # noqa
+    import errno
+
+    import torch.distributed.checkpoint as dcp
+    real, saves = dcp.save, []
+
+    def full_after_first(*a, **k):
+        saves.append(1)
+        if len(saves) > 1:
+            raise RuntimeError("DCP failure") from OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(dcp, "save", full_after_first)
+    code, err = run_main(capsys, args(tmp_path / "out", data_dir))
+    assert code == 1 and "No space left on device" in err and err.count("\n") == 1
+    intact(tmp_path / "out", step=2)
+
+
+# ---------------------------------------------------------------------------- signals
+def _spawn(argv):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_saves_exits_143_and_resume_finishes(tmp_path, data_dir):  # noqa: F811
+    out = tmp_path / "out"
+    proc = _spawn(args(out, data_dir, "--eval_batches=0", steps=400))
+    while checkpoint.latest(out) is None:  # wait until it trains
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by signal 15" in err and "Traceback" not in err
+    step = intact(out)["step"]
+    assert 0 < step < 400
+    assert compare.finished_steps(out) == (step, 400)  # compare.py sees an unfinished run
+    assert train.main(args(out, data_dir, "--eval_batches=0", "--resume=true", steps=step + 2)) == 0
+
+
+def test_sigkill_at_random_points_of_saves_and_resumes_leaves_a_loadable_checkpoint(tmp_path, data_dir):  # noqa: F811
+    """A checkpoint every step, killed with SIGKILL at random moments (most land in or near a save), then killed
+    again at random moments of the resume (loading, rewriting the log): the newest checkpoint always verifies and
+    loads, the log always parses, and a final resume finishes the run."""
+    out, rng = tmp_path / "out", random.Random(0)
+    argv = args(out, data_dir, "--eval_batches=0", "--ckpt_interval=1", steps=300)
+    argv[argv.index("--ckpt_interval=2")] = "--ckpt_interval=1"
+    for attempt in range(4):
+        proc = _spawn(argv + (["--resume=true"] if checkpoint.latest(out) else []))
+        if attempt % 2 == 0:  # during training: after the first checkpoint, a random moment later
+            while checkpoint.latest(out) is None or checkpoint.read_meta(checkpoint.latest(out))["step"] < 2:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # during the start of a resume: loading the checkpoint, rewriting the log
+            time.sleep(rng.uniform(1.0, 4.0))
+        proc.kill()
+        proc.wait()
+        intact(out)
+    final = checkpoint.read_meta(checkpoint.latest(out))["step"]
+    assert train.main([a for a in argv if not a.startswith("--max_steps")] + [f"--max_steps={final + 2}",
+                                                                              "--resume=true"]) == 0
+    intact(out, step=final + 2)
