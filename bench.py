@@ -24,6 +24,7 @@ from runtime.py. Nothing runs at import.
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import resource
 import statistics
 import sys
@@ -55,6 +56,7 @@ class BenchConfig:
     moe_preset: str | None = None       # whose MoE block to time; None: the preset's, or small-moe's if dense
     layer_tokens: int | None = None     # tokens through the MoE and dense layers; None: 16384 on cuda, 2048 on cpu
     peak_flops: float | None = None     # device bf16 peak for MFU; None: model.peak_bf16_flops (known GPUs)
+    ce_chunk: int | None = None         # the chunked loss head's chunk vs the plain head; None: a quarter of the batch
     json: bool = False                  # one JSON object on stdout instead of the table
 
 
@@ -79,6 +81,8 @@ def resolve(cfg: BenchConfig):
                     layer_tokens=16384 if cuda else 2048)
     cfg = dataclasses.replace(cfg, device=device, **{key: value for key, value in defaults.items()
                                                     if getattr(cfg, key) in (None, "auto")})
+    if cfg.ce_chunk is None:
+        cfg = dataclasses.replace(cfg, ce_chunk=max(1, cfg.batch_size * cfg.seq_len // 4))
     for ok, message in [
         (cfg.dtype in ("float32", "bfloat16"), f"dtype={cfg.dtype!r}; use auto, float32 or bfloat16"),
         (min(cfg.batch_size, cfg.seq_len, cfg.rounds, cfg.projector_hidden, cfg.layer_tokens) > 0
@@ -139,9 +143,10 @@ def time_interleaved(runs: dict, rounds: int, warmup: int, device, label: str):
     return times, peaks
 
 
-def training_steps(cfg, mcfg, device, autocast):
+def training_steps(cfg, mcfg, device, autocast, ce_chunk=0):
     """{"ntp": step, "nitp": step}: one optimizer step each on a fixed random batch, with one shared model,
-    projector and AdamW (an NTP step leaves the projector's grads None, so AdamW and clipping skip it)."""
+    projector and AdamW (an NTP step leaves the projector's grads None, so AdamW and clipping skip it).
+    ce_chunk: the loss head's chunk (0: full logits)."""
     torch.manual_seed(0)
     model = model_lib.GPT(mcfg).to(device)
     projector = NITPHead(mcfg.d_model, cfg.projector_hidden, init_std=mcfg.init_std).to(device)
@@ -151,7 +156,8 @@ def training_steps(cfg, mcfg, device, autocast):
     batch = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
     x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
     objectives = {name: resolve_objective(ObjectiveConfig(objective=name, target_layer=cfg.target_layer,
-                                                          projector_hidden=cfg.projector_hidden), mcfg)
+                                                          projector_hidden=cfg.projector_hidden, ce_chunk=ce_chunk),
+                                          mcfg)
                   for name in ("ntp", "nitp")}
     pair_masks = {name: aux_pair_masks(o, [x], separator=None) for name, o in objectives.items()}  # (masks, count)
 
@@ -198,6 +204,43 @@ def nitp_parts(cfg, mcfg, device, autocast):
         hidden.grad = None
 
     return {"projector": projector_pass, "nitp_loss": loss_pass}
+
+
+def loss_head_steps(cfg, mcfg, device, autocast):
+    """{"plain": step, "chunked": step}: NTP training steps with the full-logits head and with the chunked one
+    (cfg.ce_chunk positions at a time, logits recomputed in the backward pass), same model and batch."""
+    return {name: training_steps(cfg, mcfg, device, autocast, chunk)["ntp"]
+            for name, chunk in (("plain", 0), ("chunked", cfg.ce_chunk))}
+
+
+def _peak_rss_of_steps(cfg, mcfg, ce_chunk, queue):
+    """In a fresh process: two NTP steps with this loss head, then the process's peak RSS (bytes) -> queue."""
+    runtime.setup_device(torch.device("cpu"), cpu_malloc_tuning=False)  # freed memory goes back: RSS tracks use
+    step = training_steps(cfg, mcfg, torch.device("cpu"), contextlib.nullcontext(), ce_chunk)["ntp"]
+    step(), step()
+    queue.put(_peak_rss())
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM on Linux (ru_maxrss would carry the parent's peak across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_peak_memory(cfg, mcfg) -> dict:
+    """{"plain": bytes, "chunked": bytes}: peak RSS of a fresh process running two steps with each head (CPU has no
+    allocator statistics; a process of its own keeps the other measurements out)."""
+    context, peaks = multiprocessing.get_context("spawn"), {}
+    for name, chunk in (("plain", 0), ("chunked", cfg.ce_chunk)):
+        queue = context.Queue()
+        child = context.Process(target=_peak_rss_of_steps, args=(cfg, mcfg, chunk, queue))
+        child.start()
+        peaks[name] = queue.get(timeout=600)
+        child.join()
+    return peaks
 
 
 def moe_and_dense_layers(cfg, device, autocast):
@@ -250,6 +293,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                                         device, "training steps")
         part_times, _ = time_interleaved(nitp_parts(cfg, mcfg, device, autocast), cfg.rounds, cfg.warmup, device,
                                          "NITP's parts alone")
+        head_times, head_peaks = time_interleaved(loss_head_steps(cfg, mcfg, device, autocast), cfg.rounds,
+                                                  cfg.warmup, device, "loss head: plain vs chunked")
         layer_runs, moe_about, moe_path = moe_and_dense_layers(cfg, device, autocast)
         layer_times, _ = time_interleaved(layer_runs, cfg.rounds, cfg.warmup, device, "MoE vs dense layer")
 
@@ -286,6 +331,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
          "mfu_nitp": tokens / nitp_s * (flops["ntp"] + flops["nitp_extra"]) / peak if cuda and peak else None,
          "moe_layer": moe_about, "moe_path": moe_path, "layer_tokens": cfg.layer_tokens,
          "moe_tokens_per_s": moe_tps, "dense_tokens_per_s": dense_tps, "moe_vs_dense": moe_tps / dense_tps}
+    head_ratios = [b / a for a, b in zip(head_times["plain"], head_times["chunked"])]
+    peaks_head = head_peaks if cuda else cpu_peak_memory(cfg, mcfg)
+    r.update({"ce_chunk": cfg.ce_chunk, "head_chunked_vs_plain_time": statistics.median(head_ratios),
+              "head_peak_plain_gib": peaks_head["plain"] / 2**30, "head_peak_chunked_gib": peaks_head["chunked"] / 2**30,
+              "head_peak_kind": "CUDA max allocated" if cuda else "peak RSS of a fresh process (2 steps)",
+              "head_logits_gib": cfg.batch_size * cfg.seq_len * mcfg.vocab_size * 8 / 2**30})
     moe_floor = 0.7 if cuda else 0.5  # the README's targets; MFU's is for H100 + gpt2-124m + bf16 + compile only
     mfu_case = r["mfu_ntp"] is not None and "H100" in r["device"] and cfg.preset == "gpt2-124m" and cfg.compile
     r["targets"] = {"overhead_within_1pt": abs(r["overhead_measured"] - r["overhead_flops"]) <= 0.01,
@@ -321,6 +372,9 @@ def format_table(r: dict) -> str:
         f"{pct(r['overhead_flops_9bA1b_full'])} full count at T=8192 (the paper measured +1.8% wall clock)",
         f"MoE layer ({r['moe_layer']}; {r['moe_path']}, {r['layer_tokens']} tokens, fwd+bwd): "
         f"{r['moe_tokens_per_s']:,.0f} vs dense {r['dense_tokens_per_s']:,.0f} tokens/s = {r['moe_vs_dense']:.2f}x",
+        f"loss head ({r['ce_chunk']} positions a chunk vs full logits; logits + their gradient in fp32 "
+        f"{r['head_logits_gib']:.2f} GiB): step time {r['head_chunked_vs_plain_time']:.3f}x the plain head's; "
+        f"{r['head_peak_kind']}: {r['head_peak_plain_gib']:.2f} GiB plain, {r['head_peak_chunked_gib']:.2f} GiB chunked",
         "targets: " + ", ".join(f"{k} {'n/a' if v is None else 'met' if v else 'MISSED'}"
                                 for k, v in r["targets"].items())]
     if r["mfu_ntp"] is not None:

@@ -69,7 +69,7 @@ class TrainConfig(ObjectiveConfig):
 SCHEDULES, NONFINITE_POLICIES = ("wsd", "cosine"), ("stop", "skip")
 # what a resumed run may change: where and how it runs, how often it logs, evaluates and saves; anything
 # else changes the trajectory (max_steps may grow: continuing a run is common; see check_resumable)
-RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "eval_interval", "eval_batches", "log_interval",
+RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "ce_chunk", "eval_interval", "eval_batches", "log_interval",
                      "ckpt_interval", "device", "compile", "activation_checkpointing", "cpu_malloc_tuning",
                      "peak_flops", "on_nonfinite")
 
@@ -165,6 +165,7 @@ def resolve_config(cfg: TrainConfig):
                                                        "clipping)"),
         (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, f"beta1={cfg.beta1} and beta2={cfg.beta2} must be in [0, 1)"),
         (cfg.projector_hidden is None or cfg.projector_hidden > 0, "projector_hidden must be positive (or none)"),
+        (cfg.ce_chunk is None or cfg.ce_chunk >= 0, "ce_chunk must be >= 0 (0: full logits) or none (automatic)"),
         (0 <= cfg.shift < cfg.seq_len, f"shift={cfg.shift} must be in [0, seq_len={cfg.seq_len})"),
         (0 <= cfg.decay_frac <= 1 and 0 <= cfg.min_lr_frac <= 1, "decay_frac and min_lr_frac must be in [0, 1]"),
     ]:

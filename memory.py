@@ -10,7 +10,8 @@ pass: the activations of every block (or only the block inputs with activation c
     params + grads + AdamW  = 4 + 4 + 8 bytes per parameter / world          (model + NITP projector)
     unsharded_peak          = compute_bytes x (root group + projector + 2 x largest block)
     activations             = sum of per-block activations (block_activation_bytes) + the head's
-    logits                  = B T V x (4 fp32 logits + 4 their gradient + compute_bytes lm_head output)
+    logits                  = C V x (4 fp32 logits + 4 their gradient + compute_bytes lm_head output)
+                              C = B T, or the chunk (--ce_chunk) when the loss is computed chunk by chunk
 
 The root group (embedding, final norm, untied lm_head) stays gathered from forward to backward (FSDP2's
 default for the root), and the next block is prefetched while one runs, hence 2 x the largest block. Not
@@ -30,6 +31,7 @@ import model
 
 GIB = 2**30
 MARGIN = 0.95  # a plan "exceeds" the device above this fraction of its memory
+CE_CHUNK = 1024  # positions per cross-entropy chunk that train.py uses on CUDA for large vocabularies
 PAPER_PRESETS = ("1.9bA0.3b", "3bA0.5b", "9bA1b", "45bA5.5b", "dense-0.5b", "dense-2b", "dense-3b")
 
 
@@ -113,6 +115,7 @@ class MemoryPlan:
     total: int
     checkpointed_activations: int = 0  # the activations with activation checkpointing (advice's saving)
     micro_batch: int = 1        # sequences per micro-batch (activations and logits scale with it)
+    logits_tokens: int = 0      # positions whose logits exist at once (the micro-batch, or one chunk)
 
     ROWS = (("params (fp32, sharded)", "params"), ("grads (fp32, sharded)", "grads"),
             ("AdamW states (2 x fp32, sharded)", "optimizer"), ("gathered params (peak)", "unsharded_peak"),
@@ -131,11 +134,12 @@ class MemoryPlan:
 
 
 def plan_memory(mcfg: model.GPTConfig, world: int, micro_batch: int, seq_len: int, projector_params: int = 0,
-                compute_bytes: int = 2, activation_checkpointing: bool = False) -> MemoryPlan:
+                compute_bytes: int = 2, activation_checkpointing: bool = False, ce_chunk: int = 0) -> MemoryPlan:
     """The per-rank memory of FSDP2 training of mcfg (+ a projector of projector_params parameters) on
     `world` ranks, micro_batch x seq_len tokens per micro-step, parameters gathered in compute_bytes (2: bf16
     on CUDA, 4: fp32). With activation checkpointing each block keeps only its input (B x T x d) and one
-    block's full activations exist at a time, during its recompute."""
+    block's full activations exist at a time, during its recompute. ce_chunk > 0: the cross-entropy is computed
+    over chunks of that many positions (model.cross_entropy_sum), so only one chunk's logits exist at a time."""
     if min(world, micro_batch, seq_len) < 1 or projector_params < 0 or compute_bytes not in (2, 4):
         raise ValueError(f"plan_memory needs world, micro_batch, seq_len >= 1, projector_params >= 0 and "
                          f"compute_bytes 2 or 4; got {world}, {micro_batch}, {seq_len}, {projector_params}, "
@@ -150,9 +154,9 @@ def plan_memory(mcfg: model.GPTConfig, world: int, micro_batch: int, seq_len: in
     parts = dict(params=4 * n // world, grads=4 * n // world, optimizer=8 * n // world,
                  unsharded_peak=compute_bytes * (root_params(mcfg) + projector_params + 2 * largest),
                  activations=checkpointed if activation_checkpointing else full,
-                 logits=tokens * mcfg.vocab_size * (4 + 4 + compute_bytes))
+                 logits=min(tokens, ce_chunk or tokens) * mcfg.vocab_size * (4 + 4 + compute_bytes))
     return MemoryPlan(**parts, total=sum(parts.values()), checkpointed_activations=checkpointed,
-                      micro_batch=micro_batch)
+                      micro_batch=micro_batch, logits_tokens=min(tokens, ce_chunk or tokens))
 
 
 # ---------------------------------------------------------------------------- the device and what to change
@@ -191,6 +195,9 @@ def advice(plan: MemoryPlan, device_bytes: int | None, world: int, activation_ch
     saving = plan.activations - plan.checkpointed_activations
     if not activation_checkpointing and saving > 0:
         tips.append(f"--activation_checkpointing=true saves {saving / GIB:.2f} GiB (one extra forward per block)")
+    if plan.logits_tokens > CE_CHUNK:
+        saving = plan.logits * (1 - CE_CHUNK / plan.logits_tokens)
+        tips.append(f"--ce_chunk={CE_CHUNK} saves {saving / GIB:.2f} GiB of logits (the head's forward is recomputed)")
     per_sequence = (plan.activations + plan.logits) / plan.micro_batch
     fixed = plan.total - per_sequence * plan.micro_batch
     smaller = [b for b in range(plan.micro_batch - 1, 0, -1) if plan.micro_batch % b == 0]
@@ -208,24 +215,27 @@ def advice(plan: MemoryPlan, device_bytes: int | None, world: int, activation_ch
 # ---------------------------------------------------------------------------- the paper's presets
 def paper_table(world: int = 8, device_gib: float = 80) -> str:
     """Markdown: per-rank GiB of each paper preset with its NITP projector (12 d^2 parameters) on `world`
-    GPUs of device_gib GiB, bf16 compute, micro-batch 1 x 8192 tokens, without and with activation
-    checkpointing (AC)."""
+    GPUs of device_gib GiB, bf16 compute, micro-batch 1 x 8192 tokens: plain, with activation checkpointing
+    (AC) and with AC and the chunked cross-entropy (CE_CHUNK positions at a time)."""
     device_bytes = int(device_gib * GIB)
     head = ["preset", "params (B)", "params+grads+AdamW", "gathered params", "activations", "activations AC",
-            "logits", "total", "total AC", f"fits {device_gib:g} GiB"]
+            "logits", "logits chunked", "total", "total AC", "total AC + chunked", f"fits {device_gib:g} GiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in PAPER_PRESETS:
         mcfg = model.PRESETS[name]
         projector = 12 * mcfg.d_model**2
-        plain, ac = (plan_memory(mcfg, world, 1, 8192, projector, 2, checkpointing) for checkpointing in (False, True))
-        fits = "yes" if not plain.exceeds(device_bytes) else "with AC" if not ac.exceeds(device_bytes) else "no"
+        plain, ac, chunked = (plan_memory(mcfg, world, 1, 8192, projector, 2, checkpointing, chunk)
+                              for checkpointing, chunk in ((False, 0), (True, 0), (True, CE_CHUNK)))
+        fits = ("yes" if not plain.exceeds(device_bytes) else "with AC" if not ac.exceeds(device_bytes)
+                else "with AC + chunked" if not chunked.exceeds(device_bytes) else "no")
         cells = [name, f"{(count_params(mcfg) + projector) / 1e9:.2f}"]
         cells += [f"{b / GIB:.2f}" for b in (plain.params + plain.grads + plain.optimizer, plain.unsharded_peak,
-                                              plain.activations, ac.activations, plain.logits, plain.total, ac.total)]
+                                              plain.activations, ac.activations, plain.logits, chunked.logits,
+                                              plain.total, ac.total, chunked.total)]
         lines.append("| " + " | ".join(cells + [fits]) + " |")
     caption = (f"Per-rank memory (GiB) of FSDP2 training on {world} GPUs: bf16 compute, AdamW, micro-batch 1 x 8192 "
-               f"tokens, NITP projector included; AC = activation checkpointing; fits = total within 95% of "
-               f"{device_gib:g} GiB (\"with AC\": only with it).")
+               f"tokens, NITP projector included; AC = activation checkpointing; chunked = the cross-entropy over "
+               f"{CE_CHUNK} positions at a time; fits = total within 95% of {device_gib:g} GiB.")
     return "\n".join([caption, ""] + lines)
 
 

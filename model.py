@@ -128,6 +128,7 @@ class GPTOutput:
     final_hidden: torch.Tensor  # (B, T, d) after the final norm: the unembedding's input
     layers: dict = field(default_factory=dict)  # {k: (B, T, d)} residual stream after block k (0 = embedding)
     balance_loss: torch.Tensor | None = None  # 0-dim, unscaled, mean over MoE layers (0.0 for dense)
+    ce_sum: torch.Tensor | None = None  # 0-dim: summed next-token cross-entropy, when targets were given
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -358,9 +359,10 @@ class GPT(nn.Module):
         else:  # no host sync on accelerators: the check fails asynchronously with the same message
             torch._assert_async(((idx >= 0) & (idx < c.vocab_size)).all(), message)
 
-    def forward(self, idx, layers=(), compute_logits=True) -> GPTOutput:
+    def forward(self, idx, layers=(), compute_logits=True, targets=None, ce_chunk: int = 0) -> GPTOutput:
         """idx (B, T) int64 -> GPTOutput. `layers`: block indices k in [0, n_layer] whose residual stream
-        to return (not detached: the caller decides about gradients)."""
+        to return (not detached: the caller decides about gradients). With targets (B, T): the summed
+        cross-entropy, computed over chunks of ce_chunk positions when ce_chunk > 0 (no full logits)."""
         layers = tuple(layers)
         self.check_input(idx, layers)
         c = self.config
@@ -378,7 +380,27 @@ class GPT(nn.Module):
         final_hidden = self.norm(x)  # (B, T, d)
         logits = self.lm_head(final_hidden) if compute_logits else None  # (B, T, V)
         balance = torch.stack(balance_losses).mean() if balance_losses else torch.zeros((), device=idx.device)
-        return GPTOutput(logits, final_hidden, hidden, balance)
+        ce_sum = None
+        if targets is not None:
+            ce_sum = (cross_entropy_sum(final_hidden, self.lm_head.weight, targets, ce_chunk) if logits is None
+                      else F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum"))
+        return GPTOutput(logits, final_hidden, hidden, balance, ce_sum)
+
+
+def _head_cross_entropy_sum(hidden, weight, targets):  # (N, d), (V, d), (N,) -> summed CE, logits in float32
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+
+def cross_entropy_sum(hidden, weight, targets, chunk: int = 0):
+    """sum_t CE(hidden_t @ weight^T, targets_t) for hidden (B, T, d), targets (B, T). chunk > 0: chunk positions
+    at a time, each chunk's logits recomputed in the backward pass (torch.utils.checkpoint), so at most
+    chunk x V logits exist at once instead of B x T x V in float32 plus their gradient; the same values up to
+    float32 summation order. chunk = 0: the plain head."""
+    hidden, targets = hidden.flatten(0, 1), targets.flatten()  # (N, d), (N,)
+    if chunk <= 0 or chunk >= len(targets):
+        return _head_cross_entropy_sum(hidden, weight, targets)
+    return sum(torch.utils.checkpoint.checkpoint(_head_cross_entropy_sum, h, weight, t, use_reentrant=False)
+               for h, t in zip(hidden.split(chunk), targets.split(chunk)))
 
 
 # ---------------------------------------------------------------------------- presets

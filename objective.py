@@ -18,7 +18,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from nitp_loss import (HEAD_KINDS, LOSS_TYPES, NITPHead, nitp_loss_terms, nitp_pair_mask, pairwise_cosine_penalty_terms,
                        pairwise_pair_count)
@@ -40,6 +39,9 @@ class ObjectiveConfig:
     projector_hidden: int | None = None     # swiglu width; None: 4 * d_model
     attach: str = "post_norm"               # h = final hidden after the final norm | pre_norm: after the last block
     mask_doc_boundary: bool = False         # drop pairs that cross an <|endoftext|> (nitp_loss.document_pair_mask)
+    ce_chunk: int | None = None             # cross-entropy over chunks of this many positions, logits recomputed in
+                                            # the backward (model.cross_entropy_sum); 0: full logits; None: chunks
+                                            # on CUDA for vocabularies over 65,536, full logits otherwise
 
 
 def resolve_objective(cfg, mcfg):
@@ -112,8 +114,8 @@ def forward_terms(model, projector, cfg, x, y, pair_mask=None, aux_trained=True)
     without gradient: logged, not trained. pair_mask: from aux_pair_masks."""
     n_layer = len(model.blocks) if hasattr(model, "blocks") else model.config.n_layer
     taps = {cfg.target_layer} | ({n_layer} if cfg.attach == "pre_norm" else set())
-    out = model(x, layers=tuple(sorted(taps)))
-    ce_sum = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+    out = model(x, layers=tuple(sorted(taps)), compute_logits=False, targets=y, ce_chunk=cfg.ce_chunk or 0)
+    ce_sum = out.ce_sum
     h = out.final_hidden if cfg.attach == "post_norm" else out.layers[n_layer]  # (B, T, d)
     aux_sum = None
     with torch.set_grad_enabled(torch.is_grad_enabled() and aux_trained):

@@ -17,6 +17,7 @@ Imports model, nitp_loss, objective, data, metrics and runtime; nothing imports 
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -213,7 +214,7 @@ def check_memory(cfg, mcfg, rt):
     plan = memory.plan_memory(mcfg, rt.world, cfg.batch_size, cfg.seq_len,
                               sum(p.numel() for p in projector.parameters()) if projector is not None else 0,
                               compute_bytes=2 if rt.device.type == "cuda" else 4,
-                              activation_checkpointing=cfg.activation_checkpointing)
+                              activation_checkpointing=cfg.activation_checkpointing, ce_chunk=cfg.ce_chunk)
     device_bytes = memory.device_memory(rt.device)
     if rt.master:
         print(plan.table(device_bytes), flush=True)
@@ -226,6 +227,9 @@ def build_run(cfg, mcfg, rt) -> Run:
     """Data, model, projector, optimizer and (with --resume) their saved state."""
     if cfg.batch_size is None:  # the global batch in one micro-step per process: 8 x 256 alone, 4 x 256 on 2
         cfg = dataclasses.replace(cfg, batch_size=max(1, cfg.global_batch_tokens // (cfg.seq_len * rt.world)))
+    if cfg.ce_chunk is None:  # chunks where full float32 logits dominate a GPU's memory; on CPU they cost time
+        large_vocab = rt.device.type == "cuda" and mcfg.vocab_size > 65536
+        cfg = dataclasses.replace(cfg, ce_chunk=memory.CE_CHUNK if large_vocab else 0)
     micro_tokens = cfg.batch_size * cfg.seq_len
     if cfg.global_batch_tokens % (micro_tokens * rt.world):
         raise ValueError(f"global_batch_tokens={cfg.global_batch_tokens} is not a multiple of batch_size * seq_len * "
@@ -377,6 +381,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train as configured (resolving the preset's defaults first) and return the final state."""
     cfg, mcfg = resolve_config(cfg)
     rt = runtime.start(cfg.device, cfg.cpu_malloc_tuning)
+    run = None
     try:
         run = build_run(cfg, mcfg, rt)
         with graceful_stop() as stop:
@@ -389,6 +394,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                            if plain and run.projector else None,
                            cfg.out_dir, run.step, history, stopped_by)
     finally:
+        # the sharded tensors hold the process group (through their device mesh): free them while the process
+        # group is still alive, so none of gloo's threads outlives it into interpreter shutdown (SIGABRT)
+        del run
+        gc.collect()
         runtime.stop(rt)
 
 

@@ -44,6 +44,10 @@ def test_json_fields_and_values(capsys):
     assert math.isclose(r["moe_vs_dense"], r["moe_tokens_per_s"] / r["dense_tokens_per_s"], rel_tol=1e-9)
     assert r["max_rss_gib"] > 0.01  # torch alone is > 100 MB: a unit error (bytes vs KiB) would show
     assert r["mfu_ntp"] is None and r["peak_mem_ntp_gib"] is None  # CUDA only
+    # the loss head: plain vs chunked (a quarter of the batch's positions by default), timed and measured
+    assert r["ce_chunk"] == r["batch_size"] * r["seq_len"] // 4 and r["head_chunked_vs_plain_time"] > 0
+    assert r["head_peak_plain_gib"] > 0.1 and r["head_peak_chunked_gib"] > 0.1  # a whole process: torch alone > 0.1
+    assert r["head_logits_gib"] == pytest.approx(r["batch_size"] * r["seq_len"] * 50304 * 8 / 2**30)
     assert set(r["targets"]) == {"overhead_within_1pt", "moe_vs_dense_at_least_0.5", "mfu_at_least_0.45"}
     assert r["targets"]["mfu_at_least_0.45"] is None
     assert r["threads"] == 1  # the default: one CPU thread (see bench.cpu_threads)
