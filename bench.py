@@ -1,4 +1,4 @@
-"""bench.py: what NITP costs on this machine, measured against its FLOPs floor (docs/method.md, "FLOPs accounting").
+"""bench.py: what NITP and its peers cost on this machine, measured against their FLOPs floors (docs/method.md).
 
     python bench.py                                       # "small" preset on CPU (fp32), about a minute: a table
     python bench.py --json                                # the same, as one JSON object on stdout
@@ -7,10 +7,11 @@
 
 NITP's extra work is the projector and the cosine, so its overhead has a floor that the FLOPs accounting
 gives (model.flops_per_token); a good implementation sits on it. On the device and preset given, in ONE run:
-  * the training step (forward, backward, clipping, AdamW) for NTP and for NITP, interleaved after a warm-up
-    (NTP NITP, NITP NTP, ...: the order flips every round so drift hits both alike): median step times, the
-    overhead (median over rounds of NITP / NTP - 1) and the FLOPs overhead. Machines are shared and noisy:
-    the ratio is the result; absolute times mean something only on a GPU;
+  * the training step (forward, backward, clipping, AdamW) for NTP, NITP and NITP's peers MTP and NextLat
+    (peers.py), interleaved after a warm-up (NTP NITP MTP NextLat, then the reverse: the order flips every round
+    so drift hits all alike): median step times, each objective's overhead (median over rounds of its step / the
+    NTP step - 1) and its FLOPs overhead. Machines are shared and noisy: the ratios are the result; absolute
+    times mean something only on a GPU;
   * NITP's two pieces (projector, loss) alone, forward + backward: where the overhead goes;
   * tokens/s, peak memory (CUDA: per objective; CPU: the process's max RSS), MFU on CUDA;
   * an MoE block (the preset's, or small-moe's for a dense preset) against a dense SwiGLU of the same active
@@ -36,7 +37,10 @@ import torch
 import model as model_lib
 import runtime
 from nitp_loss import NITPHead, nitp_loss
-from objective import ObjectiveConfig, aux_pair_masks, balance_weight, forward_terms, resolve_objective, total_loss
+from objective import (ObjectiveConfig, aux_flops_kwargs, aux_pair_masks, aux_weight, balance_weight, build_projector,
+                       forward_terms, resolve_objective, total_loss)
+
+OBJECTIVES = ("ntp", "nitp", "mtp", "nextlat")  # the training steps timed against each other
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -48,7 +52,7 @@ class BenchConfig:
     batch_size: int | None = None       # None: 16 on cuda, 2 on cpu
     seq_len: int | None = None          # None: min(block_size, 1024 on cuda, 256 on cpu)
     warmup: int = 2                     # untimed rounds first (allocator, caches, torch.compile)
-    rounds: int = 30                    # timed rounds, each one NTP and one NITP step (one MoE and one dense pass)
+    rounds: int = 30                    # timed rounds, each one step per objective (one MoE and one dense pass)
     compile: bool = False               # torch.compile the loss (model + CE + projector + NITP loss) and the layers
     threads: int = 1                    # CPU threads; 0: torch's default (one per core). See cpu_threads()
     target_layer: int | None = None     # None: the preset's nitp_target_layer, else round(0.2 * n_layer)
@@ -143,43 +147,46 @@ def time_interleaved(runs: dict, rounds: int, warmup: int, device, label: str):
     return times, peaks
 
 
-def training_steps(cfg, mcfg, device, autocast, ce_chunk=0):
-    """{"ntp": step, "nitp": step}: one optimizer step each on a fixed random batch, with one shared model,
-    projector and AdamW (an NTP step leaves the projector's grads None, so AdamW and clipping skip it).
+def training_steps(cfg, mcfg, device, autocast, ce_chunk=0, names=OBJECTIVES):
+    """{name: step} for the objectives `names`: one optimizer step each on a fixed random batch, with one shared
+    model, each objective's own head (objective.build_projector: NITP's projector, MTP's modules, NextLat's
+    dynamics model) and one AdamW over all of them (a step leaves the other heads' grads None, so AdamW and
+    clipping skip them). Each objective keeps its defaults (MTP depth 1, weight 0.3; NextLat weights 1, 1).
     ce_chunk: the loss head's chunk (0: full logits)."""
     torch.manual_seed(0)
     model = model_lib.GPT(mcfg).to(device)
-    projector = NITPHead(mcfg.d_model, cfg.projector_hidden, init_std=mcfg.init_std).to(device)
-    params = [*model.parameters(), *projector.parameters()]
+    objectives = {name: resolve_objective(ObjectiveConfig(objective=name, target_layer=cfg.target_layer,
+                                                          projector_hidden=cfg.projector_hidden, ce_chunk=ce_chunk),
+                                          mcfg)
+                  for name in names}
+    heads = {name: build_projector(o, mcfg) for name, o in objectives.items()}
+    heads = {name: head.to(device) if head is not None else None for name, head in heads.items()}
+    params = [*model.parameters(), *(p for head in heads.values() if head is not None for p in head.parameters())]
     # fused on CPU too: one kernel for all tensors, 17 ms instead of 158 ms a step for "small" (measured here)
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     batch = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
     x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
-    objectives = {name: resolve_objective(ObjectiveConfig(objective=name, target_layer=cfg.target_layer,
-                                                          projector_hidden=cfg.projector_hidden, ce_chunk=ce_chunk),
-                                          mcfg)
-                  for name in ("ntp", "nitp")}
     pair_masks = {name: aux_pair_masks(o, [x], separator=None) for name, o in objectives.items()}  # (masks, count)
 
-    def compute_loss(x, y, nitp: bool):  # the training step's loss, as train.py builds it
-        name = "nitp" if nitp else "ntp"
+    def compute_loss(x, y, name: str):  # the training step's loss, as train.py builds it
         (mask,), pair_count = pair_masks[name]
-        terms = forward_terms(model, projector, objectives[name], x, y, mask)
+        terms = forward_terms(model, heads[name], objectives[name], x, y, mask)
         loss_aux = terms.aux_sum / pair_count.float() if terms.aux_sum is not None else None
-        return total_loss(terms.ce_sum / y.numel(), loss_aux, terms.balance, objectives[name].nitp_weight,
+        balance = terms.balance.float()
+        return total_loss(terms.ce_sum / y.numel(), loss_aux, balance, aux_weight(objectives[name]),
                           balance_weight(mcfg))
 
-    loss_fn = torch.compile(compute_loss) if cfg.compile else compute_loss  # one graph per value of `nitp`
+    loss_fn = torch.compile(compute_loss) if cfg.compile else compute_loss  # one graph per objective
 
-    def step(nitp):
+    def step(name):
         with autocast:
-            loss = loss_fn(x, y, nitp)
+            loss = loss_fn(x, y, name)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return {"ntp": lambda: step(False), "nitp": lambda: step(True)}
+    return {name: (lambda name=name: step(name)) for name in names}
 
 
 def nitp_parts(cfg, mcfg, device, autocast):
@@ -209,14 +216,14 @@ def nitp_parts(cfg, mcfg, device, autocast):
 def loss_head_steps(cfg, mcfg, device, autocast):
     """{"plain": step, "chunked": step}: NTP training steps with the full-logits head and with the chunked one
     (cfg.ce_chunk positions at a time, logits recomputed in the backward pass), same model and batch."""
-    return {name: training_steps(cfg, mcfg, device, autocast, chunk)["ntp"]
+    return {name: training_steps(cfg, mcfg, device, autocast, chunk, names=("ntp",))["ntp"]
             for name, chunk in (("plain", 0), ("chunked", cfg.ce_chunk))}
 
 
 def _peak_rss_of_steps(cfg, mcfg, ce_chunk, queue):
     """In a fresh process: two NTP steps with this loss head, then the process's peak RSS (bytes) -> queue."""
     runtime.setup_device(torch.device("cpu"), cpu_malloc_tuning=False)  # freed memory goes back: RSS tracks use
-    step = training_steps(cfg, mcfg, torch.device("cpu"), contextlib.nullcontext(), ce_chunk)["ntp"]
+    step = training_steps(cfg, mcfg, torch.device("cpu"), contextlib.nullcontext(), ce_chunk, names=("ntp",))["ntp"]
     step(), step()
     queue.put(_peak_rss())
 
@@ -280,6 +287,30 @@ def moe_and_dense_layers(cfg, device, autocast):
 
 
 # ---------------------------------------------------------------------------- the benchmark
+def overhead_quartiles(times: dict, name: str) -> list:
+    """Quartiles of the per-round ratios times[name] / times["ntp"]: the median is the measured overhead + 1. The
+    machine's load comes in spells (steps of 770 ms, then 1,000 ms for a while, here) that hit the steps of one
+    round alike but not the medians of whole runs."""
+    ratios = [b / a for a, b in zip(times["ntp"], times[name])]
+    return statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+
+
+def peer_result(name, times, peaks, cfg, mcfg, peak, cuda) -> dict:
+    """One peer's figures (mtp, nextlat): its step against NTP's, measured and by the FLOPs accounting (its
+    defaults: MTP depth 1; docs/method.md, "Peers: MTP and NextLat"), here and at 9bA1b's size."""
+    objective = resolve_objective(ObjectiveConfig(objective=name), mcfg)
+    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(objective, mcfg))
+    big = model_lib.get_preset("9bA1b")
+    big_full = model_lib.flops_per_token(big, 8192, **aux_flops_kwargs(objective, big))["aux_ratio"]
+    (low, median, high), step_s = overhead_quartiles(times, name), statistics.median(times[name])
+    tokens = cfg.batch_size * cfg.seq_len
+    return {"step_ms": 1e3 * step_s, "tokens_per_s": tokens / step_s, "overhead_measured": median - 1,
+            "overhead_round_iqr": [low - 1, high - 1], "overhead_flops": flops["aux_ratio"],
+            "flops_per_token_extra": flops["aux_extra"], "overhead_flops_9bA1b_full": big_full,
+            "peak_mem_gib": peaks[name] / 2**30 if cuda else None,
+            "mfu": tokens / step_s * (flops["ntp"] + flops["aux_extra"]) / peak if cuda and peak else None}
+
+
 def run_benchmark(cfg: BenchConfig) -> dict:
     """Measure as configured -> the dict that --json prints."""
     cfg, mcfg = resolve(cfg)
@@ -301,13 +332,10 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     flops = model_lib.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden)
     paper = model_lib.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden, paper_mode=True)
     big = model_lib.get_preset("9bA1b")
-    big_paper, big_full = (model_lib.flops_per_token(big, 8192, 4 * big.d_model, paper_mode=mode)["nitp_ratio"]
+    big_paper, big_full = (model_lib.flops_per_token(big, 8192, 4 * big.d_model, paper_mode=mode)["aux_ratio"]
                            for mode in (True, False))
     ntp_s, nitp_s = (statistics.median(times[name]) for name in ("ntp", "nitp"))
-    # the overhead is the median of the per-round ratios: the machine's load comes in spells (steps of 770 ms,
-    # then 1,000 ms for a while, here) that hit both steps of a round alike but not both medians
-    ratios = [b / a for a, b in zip(times["ntp"], times["nitp"])]
-    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    quartiles = overhead_quartiles(times, "nitp")
     tokens, peak = cfg.batch_size * cfg.seq_len, cfg.peak_flops or model_lib.peak_bf16_flops(device)
     moe_tps, dense_tps = (cfg.layer_tokens / statistics.median(layer_times[name]) for name in ("moe", "dense"))
     r = {"preset": cfg.preset, "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": cfg.dtype,
@@ -316,21 +344,22 @@ def run_benchmark(cfg: BenchConfig) -> dict:
          "ntp_step_ms": 1e3 * ntp_s, "nitp_step_ms": 1e3 * nitp_s,
          "overhead_measured": quartiles[1] - 1, "overhead_of_medians": nitp_s / ntp_s - 1,
          "overhead_round_iqr": [quartiles[0] - 1, quartiles[2] - 1],  # quartiles of the per-round nitp/ntp - 1
-         "overhead_flops": flops["nitp_ratio"],  # the floor, full count: attention scores, router, dense block
-         "overhead_flops_paper": paper["nitp_ratio"],
+         "overhead_flops": flops["aux_ratio"],  # the floor, full count: attention scores, router, dense block
+         "overhead_flops_paper": paper["aux_ratio"],
          "overhead_flops_9bA1b_paper": big_paper, "overhead_flops_9bA1b_full": big_full,
-         "flops_per_token_ntp": flops["ntp"], "flops_per_token_nitp_extra": flops["nitp_extra"],
+         "flops_per_token_ntp": flops["ntp"], "flops_per_token_nitp_extra": flops["aux_extra"],
          "projector_ms": 1e3 * statistics.median(part_times["projector"]),  # fwd + bwd, alone
          "nitp_loss_ms": 1e3 * statistics.median(part_times["nitp_loss"]),
          "ntp_tokens_per_s": tokens / ntp_s, "nitp_tokens_per_s": tokens / nitp_s,
          "peak_mem_ntp_gib": peaks["ntp"] / 2**30 if cuda else None,
          "peak_mem_nitp_gib": peaks["nitp"] / 2**30 if cuda else None,
-         # KiB on Linux; for the whole process: both objectives, the layers and anything before
+         # KiB on Linux; for the whole process: every objective, the layers and anything before
          "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_flops": peak,
          "mfu_ntp": tokens / ntp_s * flops["ntp"] / peak if cuda and peak else None,
-         "mfu_nitp": tokens / nitp_s * (flops["ntp"] + flops["nitp_extra"]) / peak if cuda and peak else None,
+         "mfu_nitp": tokens / nitp_s * (flops["ntp"] + flops["aux_extra"]) / peak if cuda and peak else None,
          "moe_layer": moe_about, "moe_path": moe_path, "layer_tokens": cfg.layer_tokens,
          "moe_tokens_per_s": moe_tps, "dense_tokens_per_s": dense_tps, "moe_vs_dense": moe_tps / dense_tps}
+    r["peers"] = {name: peer_result(name, times, peaks, cfg, mcfg, peak, cuda) for name in OBJECTIVES[2:]}
     head_ratios = [b / a for a, b in zip(head_times["plain"], head_times["chunked"])]
     peaks_head = head_peaks if cuda else cpu_peak_memory(cfg, mcfg)
     r.update({"ce_chunk": cfg.ce_chunk, "head_chunked_vs_plain_time": statistics.median(head_ratios),
@@ -375,6 +404,11 @@ def format_table(r: dict) -> str:
         f"loss head ({r['ce_chunk']} positions a chunk vs full logits; logits + their gradient in fp32 "
         f"{r['head_logits_gib']:.2f} GiB): step time {r['head_chunked_vs_plain_time']:.3f}x the plain head's; "
         f"{r['head_peak_kind']}: {r['head_peak_plain_gib']:.2f} GiB plain, {r['head_peak_chunked_gib']:.2f} GiB chunked",
+        *(f"{name.upper() if name == 'mtp' else 'NextLat'} (defaults): step {p['step_ms']:.1f} ms, "
+          f"{p['tokens_per_s']:,.0f} tokens/s; overhead measured {pct(p['overhead_measured'])} (IQR "
+          f"{pct(p['overhead_round_iqr'][0])} .. {pct(p['overhead_round_iqr'][1])}), FLOPs floor "
+          f"{pct(p['overhead_flops'])}; 9bA1b FLOPs overhead {pct(p['overhead_flops_9bA1b_full'])} (full count)"
+          for name, p in r["peers"].items()),
         "targets: " + ", ".join(f"{k} {'n/a' if v is None else 'met' if v else 'MISSED'}"
                                 for k, v in r["targets"].items())]
     if r["mfu_ntp"] is not None:

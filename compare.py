@@ -2,6 +2,7 @@
 
     python compare.py                                  # NTP vs NITP, one seed, CPU, ~15 min on 2 cores
     python compare.py --seeds=3                        # every metric as mean ± std over 3 seeds
+    python compare.py --variants=ntp,nitp,mtp,nextlat  # NITP beside its peers MTP and NextLat (peers.py)
     python compare.py --variants=ntp,nitp,shift0,mse,no_stopgrad,no_projector,deep_target
     python compare.py --max_steps=40 --preset=small-moe   # any other --key=value goes to every train.py run
 
@@ -10,7 +11,7 @@ skipped when the command is repeated, an interrupted one resumes from its checkp
 all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figures, report.md,
 metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as
 mean ± std over seeds, and, against the first variant, whether the difference exceeds the seed spread.
-A variant is a name from VARIANTS: one row of the paper's ablation table as train.py flags.
+A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
 Imports eval.py and metrics.py (never train.py: it runs as its own process, as a user would run it).
 """
 
@@ -43,6 +44,9 @@ VARIANTS = {
     "no_projector": {"objective": "nitp", "projector": "none"},
     "deep_target": {"objective": "nitp", "target_layer": -2},  # n_layer - 1 for any depth (model.nitp_defaults)
     "cosreg": {"objective": "cosreg"},                         # the generic anti-anisotropy regulariser
+    # NITP's peers, training-only objectives too (docs/method.md, "Peers: MTP and NextLat"), at their defaults
+    "mtp": {"objective": "mtp"},                               # DeepSeek-V3's multi-token prediction, depth 1
+    "nextlat": {"objective": "nextlat"},                       # next-latent prediction
 }
 # (metric key in eval.evaluate_run's result, label, format, what the paper reports for NITP vs NTP)
 METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
@@ -171,7 +175,7 @@ def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
 
 def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     names, base, n = summary["variants"], summary["baseline"], summary["seeds"]
-    lines = ["# NTP vs NITP: summary over seeds", "",
+    lines = [f"# {' vs '.join(names)}: summary over seeds", "",
              f"{n} seed(s); each cell is mean ± std over seeds (std needs >= 2 seeds). Against the baseline "
              f"`{base}`: the difference of means, how many seeds show a difference of that sign (the runs of one "
              "seed share the initial weights and the batches), and whether |difference| > std(variant) + "

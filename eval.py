@@ -337,7 +337,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     n_tokens, d_model = reps["final norm"].shape
     del reps
     evals = [r for r in run["log"] if r.get("kind") == "eval"]
-    aux_key = metrics.aux_loss_key("nitp")
+    aux_key = metrics.aux_loss_key(run["objective"]) if run["objective"] not in ("ntp", "unknown") else None
     result = {
         "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"],
         "objective": run["objective"], "group": run.get("group", run["name"]),
@@ -348,8 +348,8 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
         "effective_rank_max": min(n_tokens - 1, d_model), metrics.AVG_COSINE: geo[metrics.AVG_COSINE],
         "layers": geo["layers"],
         "history": {"eval": [{k: r.get(k) for k in HISTORY_KEYS} for r in evals],
-                    "train_nitp": [[r["step"], r[aux_key]] for r in run["log"]
-                                   if r.get("kind") == "train" and r.get(aux_key) is not None]},
+                    "train_aux": [[r["step"], r[aux_key]] for r in run["log"]  # the run's own aux loss
+                                  if aux_key and r.get("kind") == "train" and r.get(aux_key) is not None]},
     }
     if probe_task is not None:
         passage_len = max(len(ex["tokens"]) for ex in probe_task)
@@ -386,8 +386,8 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
     probe_task, mc_task = tasks.build_tasks(cfg, tokenizer_name)
     results = [evaluate_run(run, cfg, tokens, probe_task, mc_task) for run in runs]
     trained_on = [data.from_repo(r["ckpt"]["data_dir"]) if r["ckpt"].get("data_dir") else None for r in runs]
-    note = report.heldout_note(Path(data_dir) / "val.bin", results[0]["eval_tokens"], cfg.seq_len, tokenizer_name,
-                            trained_on)
+    note = report.heldout_note(data.split_files(data_dir, "val")[0], results[0]["eval_tokens"], cfg.seq_len,
+                               tokenizer_name, trained_on)
     report.write_all(results, out_dir, cfg, note)
     return results
 

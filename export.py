@@ -171,7 +171,10 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
     if os.path.exists(out) and not (os.path.isdir(out) and (force or not os.listdir(out))):
         raise FileExistsError(f"{out} already exists and is not an empty folder; pick another --out "
                               "or pass --force to replace it")
-    model, _ = checkpoint.load_model(os.fspath(run))
+    model, meta = checkpoint.load_model(os.fspath(run))
+    if meta.get("tokenizer", "gpt2") != "gpt2":  # the folder would carry GPT-2's files for another tokenizer's ids
+        raise ValueError(f"{run} was trained on {meta['tokenizer']!r} tokens, but export.py writes GPT-2's tokenizer "
+                         "files with the weights, so it exports only runs trained on GPT-2 tokens")
     check_exportable(model.config)
     state = hf_state_dict(model, arch, DTYPES[dtype])
     parent = os.path.dirname(out)

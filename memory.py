@@ -134,12 +134,15 @@ class MemoryPlan:
 
 
 def plan_memory(mcfg: model.GPTConfig, world: int, micro_batch: int, seq_len: int, projector_params: int = 0,
-                compute_bytes: int = 2, activation_checkpointing: bool = False, ce_chunk: int = 0) -> MemoryPlan:
+                compute_bytes: int = 2, activation_checkpointing: bool = False, ce_chunk: int = 0,
+                aux_logit_heads: int = 0) -> MemoryPlan:
     """The per-rank memory of FSDP2 training of mcfg (+ a projector of projector_params parameters) on
     `world` ranks, micro_batch x seq_len tokens per micro-step, parameters gathered in compute_bytes (2: bf16
     on CUDA, 4: fp32). With activation checkpointing each block keeps only its input (B x T x d) and one
     block's full activations exist at a time, during its recompute. ce_chunk > 0: the cross-entropy is computed
-    over chunks of that many positions (model.cross_entropy_sum), so only one chunk's logits exist at a time."""
+    over chunks of that many positions (model.cross_entropy_sum), so only one chunk's logits exist at a time.
+    aux_logit_heads: how many more logits-sized tensors (with their gradient) the aux term holds (objective.py's
+    aux_logit_heads: MTP one per depth, NextLat one); a peer head's activations are estimated like a projector's."""
     if min(world, micro_batch, seq_len) < 1 or projector_params < 0 or compute_bytes not in (2, 4):
         raise ValueError(f"plan_memory needs world, micro_batch, seq_len >= 1, projector_params >= 0 and "
                          f"compute_bytes 2 or 4; got {world}, {micro_batch}, {seq_len}, {projector_params}, "
@@ -154,7 +157,7 @@ def plan_memory(mcfg: model.GPTConfig, world: int, micro_batch: int, seq_len: in
     parts = dict(params=4 * n // world, grads=4 * n // world, optimizer=8 * n // world,
                  unsharded_peak=compute_bytes * (root_params(mcfg) + projector_params + 2 * largest),
                  activations=checkpointed if activation_checkpointing else full,
-                 logits=min(tokens, ce_chunk or tokens) * mcfg.vocab_size * (4 + 4 + compute_bytes))
+                 logits=(1 + aux_logit_heads) * min(tokens, ce_chunk or tokens) * mcfg.vocab_size * (8 + compute_bytes))
     return MemoryPlan(**parts, total=sum(parts.values()), checkpointed_activations=checkpointed,
                       micro_batch=micro_batch, logits_tokens=min(tokens, ce_chunk or tokens))
 

@@ -12,10 +12,10 @@ A pre-norm decoder-only Transformer:
   n_dense_layers blocks are dense, the rest have n_shared_experts always-on experts plus n_routed_experts
   fine-grained experts of which each token picks top_k (token choice, dropless).
 
-What NITP needs comes out of the same forward pass: `model(idx, layers=(k, ...))` returns the residual
-stream after block k (k = 0 is the embedding output: the implicit-token target) and the final hidden state
-after the final norm (what the projector reads). Also here: the paper's presets (PRESETS), parameter
-counts (GPT.num_params) and the FLOPs accounting used by train.py's MFU and bench.py (flops_per_token).
+What NITP and its peers need comes out of the same forward pass: `model(idx, layers=(k, ...))` returns the
+residual stream after block k (k = 0 is the embedding output: NITP's implicit-token target) and the final hidden
+state after the final norm. Also here: the presets (PRESETS), parameter counts (GPT.num_params), the init
+(init_weights, peers.py's too) and the FLOPs accounting of train.py's MFU and bench.py (flops_per_token).
 Imports only torch. Nothing runs at import.
 """
 
@@ -293,6 +293,31 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the model
+@torch.no_grad()
+def init_weights(root: nn.Module, config: GPTConfig, blocks) -> None:
+    """N(0, init_std^2) for every matrix of `root`, zero biases, unit norm gains; the matrices of `blocks` that
+    write into the residual stream get init_std / sqrt(2 n_layer) (GPT-2), so its variance stays O(1) with depth
+    (peers.py's MTP blocks too). A small init keeps CPU training clear of denormals (docs/method.md)."""
+    std = config.init_std
+    residual_std = std / math.sqrt(2 * config.n_layer)
+    for module in root.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, MoE):
+            for w in (module.w_gate, module.w_up, module.w_down):
+                nn.init.normal_(w, std=std)
+    for block in blocks:
+        mlp = block.mlp
+        outs = [block.attn.proj.weight] + ([mlp.w_down] if block.is_moe else [mlp.down.weight])
+        outs += [mlp.shared.down.weight] if block.is_moe and mlp.shared is not None else []
+        for w in outs:
+            nn.init.normal_(w, std=residual_std)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -303,31 +328,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self):
-        """N(0, init_std^2) for every matrix, zero biases, unit norm gains; the matrices that write into the
-        residual stream get init_std / sqrt(2 n_layer) (GPT-2) so its variance stays O(1) with depth. A
-        small init also keeps CPU training clear of denormals (docs/method.md, "CPU speed traps")."""
-        std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.n_layer)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
-            elif isinstance(module, MoE):
-                for w in (module.w_gate, module.w_up, module.w_down):
-                    nn.init.normal_(w, std=std)
-        for block in self.blocks:
-            mlp = block.mlp
-            outs = [block.attn.proj.weight] + ([mlp.w_down] if block.is_moe else [mlp.down.weight])
-            outs += [mlp.shared.down.weight] if block.is_moe and mlp.shared is not None else []
-            for w in outs:
-                nn.init.normal_(w, std=residual_std)
+        init_weights(self, config, self.blocks)
 
     def num_params(self, active: bool = False) -> int:
         """All parameters (a tied embedding counted once) or, with active=True, those one token touches:
@@ -453,8 +454,8 @@ def get_preset(name: str) -> GPTConfig:
 
 
 # ---------------------------------------------------------------------------- FLOPs
-def flops_per_token(config: GPTConfig, seq_len: int, projector_hidden: int | None = None,
-                    paper_mode: bool = False) -> dict:
+def flops_per_token(config: GPTConfig, seq_len: int, projector_hidden: int | None = None, paper_mode: bool = False,
+                    mtp_depth: int = 0, nextlat: bool = False) -> dict:
     """Training FLOPs per token (forward + backward = 6 x multiply-adds' parameters touched).
 
     Full count (paper_mode=False): 6 x every matmul parameter a token touches (q, k, v with GQA, o;
@@ -465,30 +466,31 @@ def flops_per_token(config: GPTConfig, seq_len: int, projector_hidden: int | Non
     keys on average (and flash attention skips the masked half), so we count 6 * L * n_head * head_dim * T.
     paper_mode=True: the paper's approximation (docs/method.md, "FLOPs accounting"), L (18 d^2 + 18 k d d_e)
     + 6 V d with every layer MoE (k = top_k + shared; a dense model uses 18 d d_ff instead), no attention scores.
-    nitp_extra: the SwiGLU projector (6 * 3 * d * projector_hidden) plus the cosine (~18 d); 0 when
-    projector_hidden is None. Returns {"ntp", "nitp_extra", "nitp_ratio", "breakdown": {...}}.
+    The aux term's extra (docs/method.md, "FLOPs accounting", "Peers: MTP and NextLat"): NITP's SwiGLU projector
+    18 d h + the cosine ~18 d (projector_hidden h); MTP, per depth, the 2d -> d projection 12 d^2 + one block of the
+    model's kind + the shared unembedding 6 V d; NextLat its dynamics MLP 24 d^2 + the frozen head 4 V d.
+    Returns {"ntp", "aux_extra", "aux_ratio", "breakdown": {...}}.
     """
-    c, d, L = config, config.d_model, config.n_layer
+    c, d, L, V = config, config.d_model, config.n_layer, config.vocab_size
     k_active = c.top_k + c.n_shared_experts
     if paper_mode:
         ffn = 18 * k_active * d * c.d_expert if c.n_routed_experts else 18 * d * c.d_ff
-        breakdown = {"attention": L * 18 * d * d, "ffn": L * ffn, "unembedding": 6 * c.vocab_size * d}
+        breakdown = {"attention": L * 18 * d * d, "ffn": L * ffn, "unembedding": 6 * V * d}
+        block = 18 * d * d + ffn
     else:
         n_moe = sum(c.is_moe_block(i) for i in range(L))
         q_width, kv_width = c.n_head * c.head_size, c.kv_heads * c.head_size
-        breakdown = {
-            "attention_proj": 6 * L * (2 * d * q_width + 2 * d * kv_width),
-            "attention_scores": 6 * L * q_width * seq_len,
-            "ffn_dense": 6 * (L - n_moe) * 3 * d * c.d_ff,
-            "ffn_moe": 6 * n_moe * 3 * d * c.d_expert * k_active,
-            "router": 6 * n_moe * d * c.n_routed_experts,
-            "unembedding": 6 * d * c.vocab_size,
-        }
-    if projector_hidden is not None:
-        breakdown.update(projector=6 * 3 * d * projector_hidden, cosine=18 * d)
-    ntp = float(sum(v for key, v in breakdown.items() if key not in ("projector", "cosine")))
-    extra = float(breakdown.get("projector", 0) + breakdown.get("cosine", 0))
-    return {"ntp": ntp, "nitp_extra": extra, "nitp_ratio": extra / ntp, "breakdown": breakdown}
+        attention = 6 * (2 * d * q_width + 2 * d * kv_width), 6 * q_width * seq_len  # one layer: projections, scores
+        dense, moe, router = 6 * 3 * d * c.d_ff, 6 * 3 * d * c.d_expert * k_active, 6 * d * c.n_routed_experts
+        breakdown = {"attention_proj": L * attention[0], "attention_scores": L * attention[1],
+                     "ffn_dense": (L - n_moe) * dense, "ffn_moe": n_moe * moe, "router": n_moe * router,
+                     "unembedding": 6 * d * V}
+        block = sum(attention) + (moe + router if c.n_routed_experts else dense)
+    aux = dict(projector=6 * 3 * d * projector_hidden, cosine=18 * d) if projector_hidden is not None else {}
+    aux.update({"mtp": mtp_depth * (12 * d * d + block + 6 * V * d)} if mtp_depth else {})
+    aux.update({"nextlat": 24 * d * d + 4 * V * d} if nextlat else {})
+    ntp, extra = float(sum(breakdown.values())), float(sum(aux.values()))
+    return {"ntp": ntp, "aux_extra": extra, "aux_ratio": extra / ntp, "breakdown": {**breakdown, **aux}}
 
 
 # bf16 dense tensor-core peaks (no sparsity), FLOP/s, keyed by a substring of torch.cuda.get_device_name()

@@ -11,7 +11,8 @@ ran. eval.make_report words the held-out data with heldout_note, then calls writ
     write_report(results, out_dir, cfg, data_note)                                  # report.md
 
 Figures: the spectrum of the last hidden states, the spectra of every layer, effective rank and average
-cosine vs training step (the paper's Figure 1), the NITP loss curve, the effective rank by depth. Runs of
+cosine vs training step (the paper's Figure 1), the auxiliary loss curves (NITP's, and its peers' or the regulariser's
+in panels of their own), the effective rank by depth. Runs of
 one group (the seeds of one variant) share a colour and differ by dash pattern. Paths in report.md are
 relative to the repository (data.repo_relative), never a machine's absolute path, so a report can be
 committed or sent as it is.
@@ -125,23 +126,31 @@ def _moving_average(values, half_width: int) -> np.ndarray:
     return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
 
 
-def plot_nitp_loss(results, path) -> str:
-    """Figure 4: the NITP loss (train loss_nitp vs step), raw and smoothed."""
-    ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    drawn = False
-    for r, style in zip(results, _styles(results)):
-        points = r["history"]["train_nitp"]
-        if not points:
-            continue
-        steps, losses = zip(*points)
-        ax.plot(steps, losses, color=style["color"], alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None, ms=3)
-        ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=r["label"])
-        drawn = True
-    ax.set(yscale="log", xlabel="training step", ylabel="L_NITP = mean(1 - cos(P(h_t), z_t+1))  (log scale)",
-           title="NITP auxiliary loss during training (train lines of log.jsonl)\n"
-                 "light: every logged value; dark: centred moving average over ~1% of the run")
-    ax.grid(alpha=0.3)
-    ax.legend() if drawn else _no_data(ax, f"no run logged {metrics.aux_loss_key('nitp')} (only NTP runs given)")
+AUX_LOSS_LABELS = {"nitp": "L_NITP (e.g. 1 - cos(P(h_t), z_t+1))", "cosreg": "mean pairwise cosine of h",
+                   "mtp": "L_MTP = CE of token t+k+1, mean over depths", "nextlat": "L_next-h + L_KL (weighted)"}
+
+
+def plot_aux_loss(results, path) -> str:
+    """Figure 4: each run's own auxiliary loss (train loss_<objective> vs step), raw and smoothed, one panel per
+    objective: the losses of different objectives are different quantities, so they never share an axis."""
+    objectives = list(dict.fromkeys(r["objective"] for r in results if r["history"]["train_aux"]))
+    fig = Figure(figsize=(7.5, 4.8 * max(1, len(objectives))))
+    axes = [fig.add_subplot(max(1, len(objectives)), 1, i + 1) for i in range(max(1, len(objectives)))]
+    for ax, objective in zip(axes, objectives):
+        for r, style in zip(results, _styles(results)):
+            if r["objective"] != objective or not r["history"]["train_aux"]:
+                continue
+            steps, losses = zip(*r["history"]["train_aux"])
+            ax.plot(steps, losses, color=style["color"], alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None,
+                    ms=3)
+            ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=r["label"])
+        ax.set(yscale="log", xlabel="training step",
+               ylabel=f"{metrics.aux_loss_key(objective)}: {AUX_LOSS_LABELS.get(objective, objective)}  (log)",
+               title=f"{objective}: auxiliary loss during training (train lines of log.jsonl)\n"
+                     "light: every logged value; dark: centred moving average over ~1% of the run")
+        ax.grid(alpha=0.3), ax.legend()
+    if not objectives:
+        _no_data(axes[0], "no run logged an auxiliary loss (only NTP runs given)")
     return _save(fig, path)
 
 
@@ -164,7 +173,7 @@ FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value 
                                   "Spectra of every layer, one panel per run (first seed of each), by depth."),
            "geometry_vs_step.png": (plot_geometry_history,
                                     "Effective rank and average cosine during training (log.jsonl)."),
-           "nitp_loss.png": (plot_nitp_loss, "NITP loss curve of the NITP runs."),
+           "aux_loss.png": (plot_aux_loss, "Each run's own auxiliary loss during training, one panel per objective."),
            "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
 
 

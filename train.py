@@ -3,16 +3,20 @@
     python train.py                                   # small NITP model on the Shakespeare corpus, CPU, minutes
     python train.py --objective=ntp --max_steps=20 --device=cpu --out_dir=runs/ntp
     python train.py --preset=tiny-moe --n_layer=4 --nitp_weight=0.8 --config=run.toml
-    torchrun --standalone --nproc_per_node=2 train.py   # data parallel: gloo on CPU, nccl on CUDA
+    torchrun --standalone --nproc_per_node=2 train.py   # FSDP2 over 2 processes: gloo on CPU, nccl on CUDA
 
-Every TrainConfig field (objective.ObjectiveConfig's included) and every model.GPTConfig field is a
+Every config.TrainConfig field (objective.ObjectiveConfig's included) and every model.GPTConfig field is a
 `--key=value` flag or a key of the `--config` file (TOML or JSON); flags win over the file, GPTConfig fields
-apply on top of --preset. Objectives (objective.py assembles the loss; docs/method.md explains each):
+apply on top of --preset; config.py checks them all before training starts. Objectives (objective.py assembles the loss; docs/method.md explains each):
   ntp     loss = CE (+ balance_coef * MoE balance loss, for every objective)
   nitp    loss = CE + nitp_weight * L_NITP(projector(h_t), layers[target_layer]_{t+shift})
   cosreg  loss = CE + nitp_weight * mean pairwise cosine of h (the paper's generic-regulariser ablation)
-Writes OUT_DIR/log.jsonl (one config line, then train and eval lines) and OUT_DIR/ckpt.pt (atomic).
-Imports model, nitp_loss, objective, data, metrics and runtime; nothing imports train.py; nothing runs at import.
+  mtp     loss = CE + mtp_weight * L_MTP; nextlat: CE + nextlat_weight * L_next-h + nextlat_kl_weight * L_KL (peers.py)
+The loop: FSDP2 shards the model over 1 to N processes (`shard`); each step reads its slice of the global batch,
+divides every micro-batch's loss by the step's global counts, and stops before the update on a non-finite loss.
+Writes OUT_DIR/log.jsonl (one config line, then train and eval lines) and OUT_DIR/checkpoints/step_N/ (DCP,
+checkpoint.py). Imports config, objective, model, data, metrics, memory, checkpoint and runtime; nothing imports
+train.py; nothing runs at import.
 """
 
 import contextlib
@@ -42,7 +46,8 @@ import runtime
 from metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key, avg_pairwise_cosine,
                      effective_rank)
 from config import TrainConfig, check_out_dir, check_resumable, parse_config, resolve_config
-from objective import aux_pair_masks, balance_weight, build_projector, forward_terms, projector_hidden_width, total_loss
+from objective import aux_flops_kwargs, aux_logit_heads, aux_pair_masks, aux_weight, balance_weight, build_projector
+from objective import aux_part_names, forward_terms, total_loss
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -115,7 +120,8 @@ def training_state(run) -> dict:
 @torch.no_grad()
 def evaluate(run):
     """CE (and the aux objective) on val batches 0..eval_batches-1, split over the ranks and all-reduced;
-    geometry of the final hidden states and the target layer on the FIXED val batch 0 (rank 0, one forward)."""
+    geometry of the final hidden states and the target layer on the FIXED first micro-batch of val batch 0 (every
+    rank runs that forward, as FSDP2 needs; rank 0 measures)."""
     cfg, rt = run.cfg, run.rt
     run.model.eval()
     sums = torch.zeros(4, device=rt.device, dtype=torch.float64)  # CE sum, tokens, aux sum, aux pairs
@@ -176,7 +182,7 @@ class Run:
     mcfg: model_lib.GPTConfig
     rt: runtime.Runtime
     model: model_lib.GPT                    # sharded by FSDP2 (its blocks compiled with --compile)
-    projector: torch.nn.Module | None       # the NITP head (nitp runs only), sharded too
+    projector: torch.nn.Module | None       # the aux head (NITP's projector, MTP, NextLat), sharded too
     container: torch.nn.ModuleDict          # {"gpt": model, "projector": projector}: one module for state dicts
     params: list                            # model and projector parameters, in the optimizer's order
     optimizer: torch.optim.Optimizer
@@ -193,7 +199,7 @@ class Run:
 @dataclass
 class TrainResult:
     model: torch.nn.Module | None       # the trained GPT as a plain module (one process only; else None)
-    projector: torch.nn.Module | None   # the NITP head (nitp runs, one process)
+    projector: torch.nn.Module | None   # the aux head (nitp, mtp, nextlat runs; one process)
     out_dir: str
     step: int                           # optimizer steps completed
     history: list                       # the train and eval records this call wrote to log.jsonl
@@ -213,8 +219,8 @@ def check_memory(cfg, mcfg, rt):
         projector = build_projector(cfg, mcfg)
     plan = memory.plan_memory(mcfg, rt.world, cfg.batch_size, cfg.seq_len,
                               sum(p.numel() for p in projector.parameters()) if projector is not None else 0,
-                              compute_bytes=2 if rt.device.type == "cuda" else 4,
-                              activation_checkpointing=cfg.activation_checkpointing, ce_chunk=cfg.ce_chunk)
+                              2 if rt.device.type == "cuda" else 4, cfg.activation_checkpointing, cfg.ce_chunk,
+                              aux_logit_heads(cfg))
     device_bytes = memory.device_memory(rt.device)
     if rt.master:
         print(plan.table(device_bytes), flush=True)
@@ -327,7 +333,8 @@ def train_step(run):
     masks, pair_count = aux_pair_masks(cfg, [b[:, :-1] for b in batches], run.eot)
     runtime.all_reduce(pair_count, rt)
     pair_count = pair_count.float()
-    stats = torch.zeros(3, device=rt.device)  # loss_ntp, loss_aux, loss_balance: global means
+    parts = aux_part_names(cfg)  # stats: loss_ntp, loss_aux, loss_balance, the aux term's parts: global means
+    stats = torch.zeros(3 + len(parts), device=rt.device)
     for batch, mask in zip(batches, masks):
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
         terms = forward_terms(run.model, run.projector, cfg, x, y, mask, aux_trained)
@@ -335,9 +342,10 @@ def train_step(run):
         loss_balance = terms.balance.float() / (run.grad_accum * rt.world)  # a per-micro-batch mean already
         loss_aux = terms.aux_sum / pair_count if terms.aux_sum is not None else torch.zeros((), device=rt.device)
         loss = total_loss(loss_ntp, loss_aux if terms.aux_sum is not None and aux_trained else None, loss_balance,
-                          cfg.nitp_weight, balance_weight(mcfg))
+                          aux_weight(cfg), balance_weight(mcfg))
         loss.backward()
-        stats += torch.stack([loss_ntp, loss_aux, loss_balance]).detach().float()
+        part_losses = (terms.aux_parts[name] / pair_count for name in parts)
+        stats += torch.stack([loss_ntp, loss_aux, loss_balance, *part_losses]).detach().float()
     runtime.all_reduce(stats, rt)  # FSDP2 reduced the gradients during the backward passes
     grad_norm = clip_grad_norm(run.params, cfg.grad_clip, rt)
     finite = bool(torch.isfinite(grad_norm) and torch.isfinite(stats).all())  # the same on every rank
@@ -345,13 +353,13 @@ def train_step(run):
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if not finite and cfg.on_nonfinite == "stop":
-        loss_ntp, loss_aux, _ = stats.tolist()
+        loss_ntp, loss_aux = stats.tolist()[:2]
         raise NonFiniteLoss(f"step {run.step + 1}: non-finite loss or gradient (loss_ntp {loss_ntp}, aux {loss_aux}, "
                             f"grad norm {grad_norm.item()}); stopped before the optimizer step, so the newest "
                             f"checkpoint ({checkpoint.latest(cfg.out_dir) or 'none yet'}) holds the last good weights. "
                             "Lower --lr, check the data, or pass --on_nonfinite=skip to skip such steps")
     run.step += 1  # a skipped step still consumes its batch and its place in the schedule
-    return lr, cfg.nitp_weight if aux_trained else 0.0, stats, grad_norm, finite
+    return lr, aux_weight(cfg) if aux_trained else 0.0, stats, grad_norm, finite
 
 
 @contextlib.contextmanager
@@ -404,7 +412,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 def training_loop(run, stop):
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     is_cuda = rt.device.type == "cuda"
-    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, projector_hidden=projector_hidden_width(cfg, mcfg))
+    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(cfg, mcfg))
     peak = cfg.peak_flops or model_lib.peak_bf16_flops(rt.device)  # None off CUDA and for unknown GPUs
     aux_key = aux_loss_key(cfg.objective) if cfg.objective != "ntp" else None
     history, ema, ema_n, train_time, window = [], 0.0, 0, 0.0, [0.0, 0]  # window: seconds, steps since last log
@@ -423,7 +431,7 @@ def training_loop(run, stop):
             stop_now = bool(flag.item())
         step, last = run.step, run.step == cfg.max_steps or stop_now
         if step % cfg.log_interval == 0 or last:
-            loss_ntp, loss_aux, loss_balance = stats.tolist()  # syncs the device, so the timing below is real
+            loss_ntp, loss_aux, loss_balance, *parts = stats.tolist()  # syncs the device: the timing below is real
         dt = time.perf_counter() - t0  # the clock only runs during training steps (not eval, not saving)
         train_time, window, ema_n = train_time + dt, [window[0] + dt, window[1] + 1], ema_n + 1
 
@@ -433,14 +441,14 @@ def training_loop(run, stop):
                       "loss": total_loss(loss_ntp, loss_aux, loss_balance, weight, balance_weight(mcfg)),
                       "loss_ntp": loss_ntp, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
                       "elapsed_s": train_time}
-            if aux_key:
-                record[aux_key] = loss_aux
+            record.update({aux_key: loss_aux, **{f"{aux_key}_{k}": v for k, v in zip(aux_part_names(cfg), parts)}}
+                          if aux_key else {})
             if mcfg.n_routed_experts:
                 record["loss_balance"] = loss_balance
             if is_cuda:
                 record["peak_mem_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
                 if peak:  # per-device model FLOPs utilisation, FLOPs from model.flops_per_token
-                    record["mfu"] = tokens_per_s * (flops["ntp"] + flops["nitp_extra"]) / rt.world / peak
+                    record["mfu"] = tokens_per_s * (flops["ntp"] + flops["aux_extra"]) / rt.world / peak
             history.append(record)
             if rt.master:
                 write_jsonl(run.log_path, record)

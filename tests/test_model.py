@@ -389,9 +389,9 @@ def test_init_scales():
 def test_flops_paper_mode_reproduces_spec_ratio():
     c = PRESETS["9bA1b"]
     f = flops_per_token(c, 8192, projector_hidden=4 * c.d_model, paper_mode=True)
-    assert abs(f["ntp"] / 5.06e9 - 1) < 0.01 and abs(f["nitp_extra"] / 1.18e8 - 1) < 0.01
-    assert abs(f["nitp_extra"] / f["ntp"] - 0.023) < 0.001
-    assert flops_per_token(c, 8192)["nitp_extra"] == 0
+    assert abs(f["ntp"] / 5.06e9 - 1) < 0.01 and abs(f["aux_extra"] / 1.18e8 - 1) < 0.01
+    assert abs(f["aux_extra"] / f["ntp"] - 0.023) < 0.001
+    assert flops_per_token(c, 8192)["aux_extra"] == 0
 
 
 def test_flops_full_count_by_hand():
@@ -404,7 +404,7 @@ def test_flops_full_count_by_hand():
     unembed = 6 * 32 * 97
     f = flops_per_token(c, T, projector_hidden=128)
     assert f["ntp"] == attn_proj + scores + dense + moe + unembed
-    assert f["nitp_extra"] == 6 * 3 * 32 * 128 + 18 * 32
+    assert f["aux_extra"] == 6 * 3 * 32 * 128 + 18 * 32
 
 
 # ---------------------------------------------------------------------------- errors

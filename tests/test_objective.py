@@ -1,5 +1,6 @@
-"""Tests for objective.py: NITP's defaults per model, the pair counts train.py normalises by, the terms of
-one forward pass against a hand-built loss, and the one formula that combines them."""
+"""Tests for objective.py: NITP's defaults per model, the pair counts train.py normalises by (the peers' too), the
+terms of one forward pass against a hand-built loss, and the one formula that combines them. The peers' terms
+against loops over positions: tests/test_peers.py."""
 
 import dataclasses
 
@@ -31,7 +32,7 @@ def test_resolve_objective_fills_defaults_and_names_bad_values():
     mcfg = get_preset("tiny-moe")
     cfg = resolve_objective(ObjectiveConfig(target_layer=-2), mcfg)
     assert (cfg.target_layer, cfg.nitp_weight) == (mcfg.n_layer - 1, 1.0)
-    for fields, match in [(dict(target_layer=-99), "outside"), (dict(objective="mtp"), "objective"),
+    for fields, match in [(dict(target_layer=-99), "outside"), (dict(objective="jtp"), "objective"),
                           (dict(loss_type="l1"), "loss_type"), (dict(projector="mlp"), "projector"),
                           (dict(attach="middle"), "attach")]:
         with pytest.raises(ValueError, match=match):
@@ -39,10 +40,11 @@ def test_resolve_objective_fills_defaults_and_names_bad_values():
 
 
 @pytest.mark.parametrize("fields", [dict(objective="nitp"), dict(objective="nitp", mask_doc_boundary=True, shift=2),
-                                    dict(objective="cosreg"), dict(objective="ntp")])
+                                    dict(objective="cosreg"), dict(objective="ntp"), dict(objective="mtp", mtp_depth=3),
+                                    dict(objective="nextlat", mask_doc_boundary=True)])
 def test_aux_pair_count_is_the_sum_of_the_losses_own_counts(fields):
     """train.py divides each micro-batch's aux sum by aux_pair_masks' count over all micro-batches: it must be the
-    sum of the counts nitp_loss_terms / pairwise_cosine_penalty_terms report for those micro-batches."""
+    sum of the counts nitp_loss_terms / pairwise_cosine_penalty_terms / the peers' terms report for them."""
     g = torch.Generator().manual_seed(0)
     cfg = resolve_objective(ObjectiveConfig(**fields), tiny())
     inputs = []
@@ -51,13 +53,18 @@ def test_aux_pair_count_is_the_sum_of_the_losses_own_counts(fields):
         inputs.append(torch.where(x == 4, EOT, x))
     masks, count = aux_pair_masks(cfg, inputs, EOT)
     assert count.dtype == torch.float64 and len(masks) == 3
-    h = torch.randn(2, 12, 8, generator=g)
+    h = torch.randn(2, 12, 32, generator=g)
+    head, weight = objective.build_projector(cfg, tiny()), torch.randn(50304, 32, generator=g)
     own = 0
     for x, mask in zip(inputs, masks):
         if cfg.objective == "nitp":
             own += objective.nitp_loss_terms(h, h, shift=cfg.shift, pair_valid=mask)[1].item()
         elif cfg.objective == "cosreg":
             own += objective.pairwise_cosine_penalty_terms(h)[1].item()
+        elif cfg.objective == "mtp":
+            own += objective.peers.mtp_terms(head, h, h, x, weight)[1]
+        elif cfg.objective == "nextlat":
+            own += objective.peers.nextlat_terms(head, h, h, weight, 1.0, 1.0, mask)[1].item()
     assert count.item() == own and (own > 0) == (cfg.objective != "ntp")
 
 

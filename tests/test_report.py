@@ -31,8 +31,8 @@ def fake_result(name, objective, run_dir, group=None, seed=0, steps=30, scored=T
     history = {"eval": [{"step": s, metrics.VAL_LOSS: 5.0 - s / 20, metrics.EFFECTIVE_RANK: 8 + s / 4,
                          metrics.AVG_COSINE: 0.5 - s / 100, metrics.TARGET_EFFECTIVE_RANK: None}
                         for s in range(0, steps, 5)],
-               "train_nitp": [[s, 0.3 + 0.5 * np.exp(-s / 5) + 0.05 * rng.random()] for s in range(steps)]
-               if objective == "nitp" else []}
+               "train_aux": [[s, 0.3 + 0.5 * np.exp(-s / 5) + 0.05 * rng.random()] for s in range(steps)]
+               if objective != "ntp" else []}
     result = {"run_dir": data.repo_relative(run_dir), "name": name, "label": f"{name} ({objective})", "objective": objective,
               "group": group or name, "step": steps, metrics.VAL_LOSS: 4.0, "val_loss_log": 4.25,
               metrics.EFFECTIVE_RANK: 12.0, "effective_rank_max": 15, metrics.AVG_COSINE: 0.3, "layers": layers,
@@ -69,6 +69,17 @@ def test_figures_without_nitp_runs_or_history_still_draw(tmp_path, results):
     ntp_only[0]["history"]["eval"] = []
     for name, (plot, _) in report.FIGURES.items():
         assert plot(ntp_only, tmp_path / name) == str(tmp_path / name) and (tmp_path / name).stat().st_size > 0
+
+
+def test_aux_loss_figure_has_one_panel_per_objective(tmp_path, results):
+    """NITP's and MTP's losses are different quantities: each objective gets its own panel (and y-axis)."""
+    def png_height(path):
+        return int.from_bytes(path.read_bytes()[20:24], "big")  # the PNG header's IHDR height
+
+    report.plot_aux_loss(results, tmp_path / "one.png")
+    peers = results + [fake_result("mtp", "mtp", tmp_path / "runs" / "mtp", seed=3)]
+    report.plot_aux_loss(peers, tmp_path / "two.png")
+    assert png_height(tmp_path / "two.png") > 1.8 * png_height(tmp_path / "one.png")
 
 
 def test_styles_share_a_colour_within_a_group_and_differ_by_dashes(results):

@@ -282,7 +282,7 @@ def test_preset_defaults_and_validation():
     assert (cfg.target_layer, cfg.nitp_weight) == (2, 0.6)  # depth changed: round(0.2 * 10), the flag's lambda
     with pytest.raises(ValueError, match="target_layer=99 is outside"):
         train.resolve_config(train.TrainConfig(preset="tiny-dense", target_layer=99, seq_len=8))
-    for fields, match in [(dict(objective="mtp"), "objective"), (dict(projector="mlp"), "projector"),
+    for fields, match in [(dict(objective="jtp"), "objective"), (dict(projector="mlp"), "projector"),
                           (dict(attach="middle"), "attach"), (dict(loss_type="l1"), "loss_type"),
                           (dict(seq_len=10**6), "block_size"), (dict(batch_size=0), "must be positive")]:
         with pytest.raises(ValueError, match=match):

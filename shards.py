@@ -1,0 +1,285 @@
+"""shards.py: the on-disk token format: a resumable shard writer and a memory-mapped reader.
+
+A prepared data directory holds, per split ("train", "val"), shards `train_00000.bin`, `train_00001.bin`, ...:
+raw token ids in meta.json's dtype (uint16 when the vocabulary fits, else uint32), every shard exactly
+`shard_tokens` long except the split's last. The shards of a split are one stream cut at fixed token counts
+(a document may continue in the next shard), so the stream does not depend on the shard size. meta.json,
+written last, indexes them: {"shards": {"train": [{"file": ..., "tokens": ...}, ...], "val": [...]}, ...};
+its presence marks a complete directory.
+
+Writing (`Writer`): documents arrive in corpus order (whole tasks of corpus.py, from any number of workers);
+each is appended to its split's current shard. Whenever a shard fills up, the writer records a checkpoint,
+prepare_state.json: the settings, how far the corpus was read (task, document) and every split's complete
+shards and the length of its current one. An interrupted preparation restarts from that checkpoint: the
+current shards are cut back to the recorded length and the corpus is read again from the recorded task, so
+the result is byte-identical to an uninterrupted run. Its last document is held back until the next one
+arrives, so that at the end it can go to a split that would otherwise stay empty.
+
+Reading (`open_split`): a split is a `TokenStream`, its shards as one sequence (len() and slicing), each
+shard an np.memmap, so nothing is read into memory until a window is sliced out. Every shard's size is
+checked against meta.json first. Directories of format 1 (one `train.bin` / `val.bin` each) read as one shard.
+
+Imports numpy and the standard library. Nothing runs at import.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val")
+META, STATE = "meta.json", "prepare_state.json"
+MAX_LISTED_DOCUMENTS = 10_000   # meta.json names at most this many documents per split (a huge corpus: counts only)
+_OUR_FILES = re.compile(r"(train|val)(_\d{5})?\.bin")
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}_{index:05d}.bin"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+
+
+# ---------------------------------------------------------------------------- writing
+class _SplitWriter:
+    """One split's shards: complete ones listed, the current one open for appending."""
+
+    def __init__(self, out_dir: Path, split: str, dtype: str, shard_tokens: int, saved: dict | None = None):
+        saved = saved or {"shards": [], "current_tokens": 0, "documents": 0, "names": []}
+        self.out_dir, self.split, self.dtype, self.shard_tokens = out_dir, split, np.dtype(dtype), shard_tokens
+        self.shards, self.current = list(saved["shards"]), saved["current_tokens"]
+        self.documents, self.names, self.filled = saved["documents"], list(saved["names"]), False
+        for path in out_dir.glob(f"{split}_*.bin"):  # shards written after the checkpoint are written again
+            if _OUR_FILES.fullmatch(path.name) and int(path.stem.split("_")[1]) > len(self.shards):
+                path.unlink()
+        self._open(keep=self.current)
+
+    def _open(self, keep: int) -> None:
+        path = self.out_dir / shard_name(self.split, len(self.shards))
+        if keep and (not path.is_file() or path.stat().st_size < keep * self.dtype.itemsize):
+            raise ValueError(f"cannot resume: {path} is shorter than prepare_state.json records; delete "
+                             f"{self.out_dir / STATE} to start the preparation over")
+        self.file = open(path, "r+b" if keep else "w+b")
+        self.file.truncate(keep * self.dtype.itemsize)
+        self.file.seek(0, os.SEEK_END)
+
+    def write(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            piece = tokens[:self.shard_tokens - self.current]
+            self.file.write(piece.tobytes())
+            self.current, tokens = self.current + len(piece), tokens[len(piece):]
+            if self.current == self.shard_tokens:
+                self.file.close()
+                self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": self.current})
+                self.current, self.filled = 0, True
+                self._open(keep=0)
+
+    def state(self) -> dict:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return {"shards": self.shards, "current_tokens": self.current, "documents": self.documents,
+                "names": self.names}
+
+    def close(self) -> list[dict]:
+        """Close the current shard (dropped when empty); the split's shard index."""
+        self.file.close()
+        if self.current:
+            self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": self.current})
+        else:
+            (self.out_dir / shard_name(self.split, len(self.shards))).unlink(missing_ok=True)
+        return self.shards
+
+
+class Writer:
+    """Documents in corpus order -> the shards of both splits, resumable (see the module docstring).
+
+    `settings` (JSON-able flags) must equal the interrupted run's to resume it; when `inputs` (what identifies
+    the input files) changed, there is nothing left to resume and the preparation starts over. `split_of(index)`
+    gives the split of document `index` when a task does not fix it. After construction, `next_task` and
+    `skip_documents` say where to start reading the corpus: the caller feeds `add` the results of tasks
+    next_task, next_task + 1, ...
+    """
+
+    def __init__(self, out_dir, settings: dict, inputs, dtype: str, shard_tokens: int, split_of):
+        self.out_dir, self.settings, self.inputs, self.split_of = Path(out_dir), settings, inputs, split_of
+        state_path, meta_path = self.out_dir / STATE, self.out_dir / META
+        state = None
+        if state_path.is_file() and not meta_path.is_file():
+            try:
+                state = json.loads(state_path.read_text())
+                old_settings, old_inputs = state["settings"], state["inputs"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{state_path} is damaged ({err}); delete it to start the preparation over") from None
+            if old_settings != settings:
+                changed = sorted(k for k in set(settings) | set(old_settings) if settings.get(k) != old_settings.get(k))
+                raise ValueError(f"{self.out_dir} holds an interrupted preparation with other settings "
+                                 f"({', '.join(changed)} differ): rerun it with the same flags to resume, or "
+                                 f"delete {state_path} to start over")
+            if old_inputs != inputs:
+                print(f"data.py: {self.out_dir}: the input files changed since the interrupted preparation: "
+                      f"starting over", flush=True)
+                state = None
+        if state is None:  # a fresh start: remove what an earlier preparation left (never files that are not ours)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            meta_path.unlink(missing_ok=True)  # from here until the end, the directory reads as "not prepared"
+            self._remove_ours()
+        saved = state["splits"] if state else {}
+        self.writers = {s: _SplitWriter(self.out_dir, s, dtype, shard_tokens, saved.get(s)) for s in SPLITS}
+        self.next_task = state["next_task"] if state else 0
+        self.skip_documents = state["skip_documents"] if state else 0
+        self.next_index = state["next_index"] if state else 0  # corpus index of the next document to arrive
+        self.resumed = state is not None
+        self._task, self._pending = self.next_task, None
+        if not state:
+            self.checkpoint()
+
+    def _remove_ours(self) -> None:
+        for path in self.out_dir.iterdir():
+            if _OUR_FILES.fullmatch(path.name) or path.name == STATE:
+                path.unlink()
+
+    @property
+    def documents(self) -> int:
+        """Documents taken so far, the held-back one included."""
+        return self.next_index
+
+    def add(self, result, limit: int | None = None) -> None:
+        """The next task's Result (corpus.py); with `limit`, no document past the limit-th is taken."""
+        skip, self.skip_documents = self.skip_documents, 0
+        ends = np.cumsum(result.lengths)
+        for k in range(skip, len(ends)):
+            if limit is not None and self.next_index >= limit:
+                break
+            split = result.splits[k] if result.splits else "val" if self.split_of(self.next_index) else "train"
+            if self._pending is not None:
+                self._commit(*self._pending[:3])
+            self._pending = (result.tokens[ends[k] - result.lengths[k]:ends[k]], result.names[k], split, self._task, k)
+            self.next_index += 1
+        self._task += 1
+        if any(w.filled for w in self.writers.values()):
+            self.checkpoint()
+
+    def _commit(self, tokens, name, split) -> None:
+        writer = self.writers[split]
+        writer.write(tokens)
+        writer.documents += 1
+        if len(writer.names) < MAX_LISTED_DOCUMENTS:
+            writer.names.append(name)
+
+    def checkpoint(self) -> None:
+        """Record where a resume starts: at the held-back document, or at the next task."""
+        task, skip = self._pending[3:] if self._pending else (self._task, 0)
+        index = self.next_index - (self._pending is not None)
+        splits = {s: w.state() for s, w in self.writers.items()}
+        _write_json(self.out_dir / STATE, {"settings": self.settings, "inputs": self.inputs, "next_task": task,
+                                           "skip_documents": skip, "next_index": index, "splits": splits})
+        for w in self.writers.values():
+            w.filled = False
+
+    def finish(self, meta: dict, source: str) -> dict:
+        """Commit the held-back document, close the shards, write meta.json (updated with the index) last."""
+        if self._pending is not None:
+            tokens, name, split = self._pending[:3]
+            other = "val" if split == "train" else "train"
+            if self.writers[other].documents == 0 and self.writers[split].documents > 0:
+                split = other  # the last document fills a split that would otherwise stay empty
+            self._commit(tokens, name, split)
+            self._pending = None
+        docs = {s: w.documents for s, w in self.writers.items()}
+        shards = {s: w.close() for s, w in self.writers.items()}
+        if not all(docs.values()):
+            self._remove_ours()
+            raise ValueError(f"the corpus {source} gave {docs['train']} train and {docs['val']} val documents "
+                             f"(empty ones skipped); both splits need whole documents, so give at least two "
+                             f"non-empty documents (.txt files, .jsonl lines or parquet rows)")
+        meta = dict(meta, shards=shards)
+        for s, w in self.writers.items():
+            meta.update({f"{s}_tokens": sum(x["tokens"] for x in shards[s]), f"num_{s}_documents": docs[s],
+                         f"{s}_documents": w.names})
+        _write_json(self.out_dir / META, meta)
+        (self.out_dir / STATE).unlink(missing_ok=True)
+        return meta
+
+
+# ---------------------------------------------------------------------------- reading
+def read_meta(path: Path) -> dict:
+    """A meta.json, or a ValueError naming the file when it is not one."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): it was cut short or edited") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int):
+        raise ValueError(f"{path} is not a data.py meta.json (no integer \"vocab_size\")")
+    return meta
+
+
+class TokenStream:
+    """The shards of one split as one read-only token sequence: len(), stream[i], stream[a:b] (an array; a view
+    of the memory map when the slice lies in one shard). Slices may cross shard boundaries."""
+
+    def __init__(self, shards: list[np.memmap], files: list[Path]):
+        self.shards, self.files = shards, files
+        self.offsets = np.cumsum([0] + [len(s) for s in shards])
+        self.dtype = shards[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self),)
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            index = int(key) + (len(self) if int(key) < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"token {key} is outside a stream of {len(self)}")
+            shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
+            return self.shards[shard][index - self.offsets[shard]]
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("a TokenStream slices contiguously only (step 1)")
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            end = min(stop, int(self.offsets[first + 1]))
+            pieces.append(self.shards[first][start - self.offsets[first]:end - self.offsets[first]])
+            start, first = end, first + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.empty(0, self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole.astype(dtype) if dtype is not None else np.asarray(whole)
+
+
+def split_files(data_dir, meta: dict, split: str) -> list[tuple[Path, int | None]]:
+    """[(shard path, tokens meta.json lists or None)] of a split; format 1 has one file and maybe a count."""
+    if "shards" not in meta:
+        return [(Path(data_dir) / f"{split}.bin", meta.get(f"{split}_tokens"))]
+    shards = meta["shards"].get(split) if isinstance(meta["shards"], dict) else None
+    if not shards:
+        raise ValueError(f"{Path(data_dir) / META} lists no shards for the {split} split")
+    return [(Path(data_dir) / s["file"], s["tokens"]) for s in shards]
+
+
+def open_split(data_dir, meta: dict, split: str, hint: str) -> TokenStream:
+    """A split as a TokenStream, every shard checked against meta.json first; errors name the split and file."""
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    maps, files = [], []
+    for path, tokens in split_files(data_dir, meta, split):
+        if not path.is_file():
+            raise FileNotFoundError(f"the {split} split's shard {path} is missing; {hint}")
+        size = path.stat().st_size
+        expected = f"{tokens:,} {dtype.name} tokens = {tokens * dtype.itemsize:,} bytes" if tokens is not None else \
+            f"a non-empty whole number of {dtype.name} tokens"
+        if size == 0 or size % dtype.itemsize or (tokens is not None and size != tokens * dtype.itemsize):
+            raise ValueError(f"the {split} split's shard {path} has {size} bytes, but meta.json says {expected}: "
+                             f"the file is truncated or from another preparation; {hint}")
+        maps.append(np.memmap(path, dtype=dtype, mode="r"))
+        files.append(path)
+    return TokenStream(maps, files)
