@@ -250,7 +250,8 @@ def _spawn(argv):
 def test_sigterm_saves_exits_143_and_resume_finishes(tmp_path, data_dir):  # noqa: F811
     out = tmp_path / "out"
     proc = _spawn(args(out, data_dir, "--eval_batches=0", steps=400))
-    while checkpoint.latest(out) is None:  # wait until it trains
+    while checkpoint.latest(out) is None:  # wait until it trains (and fail, not hang, if it died instead)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -272,6 +273,7 @@ def test_sigkill_at_random_points_of_saves_and_resumes_leaves_a_loadable_checkpo
         proc = _spawn(argv + (["--resume=true"] if checkpoint.latest(out) else []))
         if attempt % 2 == 0:  # during training: after the first checkpoint, a random moment later
             while checkpoint.latest(out) is None or checkpoint.read_meta(checkpoint.latest(out))["step"] < 2:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 1.0))
         else:  # during the start of a resume: loading the checkpoint, rewriting the log
