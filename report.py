@@ -126,15 +126,15 @@ def _moving_average(values, half_width: int) -> np.ndarray:
     return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
 
 
-AUX_LOSS_LABELS = {"nitp": "L_NITP (e.g. 1 - cos(P(h_t), z_t+1))", "cosreg": "mean pairwise cosine of h",
-                   "mtp": "L_MTP = CE of token t+k+1, mean over depths", "nextlat": "L_next-h + L_KL (weighted)"}
+AUX_LOSS_LABELS = {"nitp": "1 - cos(P(h_t), z_t+1)", "cosreg": "mean pairwise cosine of h",
+                   "mtp": "CE of token t+k+1", "nextlat": "weighted L_next-h + L_KL"}
 
 
 def plot_aux_loss(results, path) -> str:
     """Figure 4: each run's own auxiliary loss (train loss_<objective> vs step), raw and smoothed, one panel per
     objective: the losses of different objectives are different quantities, so they never share an axis."""
     objectives = list(dict.fromkeys(r["objective"] for r in results if r["history"]["train_aux"]))
-    fig = Figure(figsize=(7.5, 4.8 * max(1, len(objectives))))
+    fig = Figure(figsize=(7.5, 4.8 * max(1, len(objectives))), layout="constrained")  # no panel overlaps the next
     axes = [fig.add_subplot(max(1, len(objectives)), 1, i + 1) for i in range(max(1, len(objectives)))]
     for ax, objective in zip(axes, objectives):
         for r, style in zip(results, _styles(results)):
