@@ -6,7 +6,8 @@ data, optimisation, evaluation and runtime fields. Every field, and every model.
 apply on top of --preset. Everything that can be checked before training is checked here, so a bad value
 fails in the first second with a line that names it and the fix, not after hours of training: the range
 of every numeric field, the combination with the model, a writable output directory with room for a
-checkpoint, and, on --resume, that the run being continued is the same run (`check_resumable`).
+checkpoint, and, on --resume, that the run being continued is the same run (`check_resumable`), on the same
+vocabulary: a data directory prepared again, e.g. compacted from another corpus (data.py --compact_vocab), is refused.
 
 train.py (and compare.py, to resolve a variant's flags) import it. Nothing runs at import.
 """
@@ -21,6 +22,8 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+import compact
+import data
 import model as model_lib
 import runtime
 from objective import ObjectiveConfig, resolve_objective
@@ -203,10 +206,11 @@ def check_out_dir(out_dir, needed_bytes: int) -> None:
                          f"{needed_bytes / 2**20:,.0f} MiB; free some space or use another --out_dir")
 
 
-def check_resumable(meta, cfg, mcfg, data_dir: str) -> list[str]:
+def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = None) -> list[str]:
     """ValueError naming every field where the checkpoint's run differs from this one in a way that changes the
     trajectory (model, objective, data, optimisation, seed); returns notes for what may change (a longer run).
-    data_dir: this run's data directory in the form checkpoints store (relative to the repository)."""
+    data_dir: this run's data directory in the form checkpoints store (relative to the repository); data_meta: its
+    meta.json (default: read from data_dir), whose vocabulary must be the checkpoint's (compact.vocab_mismatch)."""
     ours, theirs, model_ours = dataclasses.asdict(cfg), meta["train_config"], mcfg.to_dict()
     # a field added after the checkpoint was written had its default then
     theirs = {**{f.name: f.default for f in dataclasses.fields(cfg) if f.name not in theirs
@@ -217,6 +221,8 @@ def check_resumable(meta, cfg, mcfg, data_dir: str) -> list[str]:
               if k not in RESUME_MAY_CHANGE + ("model_overrides", "data_dir") and theirs.get(k) != ours[k]]
     if meta.get("data_dir") != data_dir:
         diffs.append(f"data_dir: checkpoint {meta.get('data_dir')!r}, this run {data_dir!r}")
+    elif problem := compact.vocab_mismatch(data_meta or data.load_meta(data.from_repo(data_dir)), meta):
+        diffs.append(f"data_dir {data_dir!r} was prepared again since: {problem} (prepare it as it was)")
     if diffs:
         raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)
                          + ". Pass the checkpoint's values, or drop --resume / use a new --out_dir")

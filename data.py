@@ -4,13 +4,16 @@
     python data.py --input=DIR_OR_FILES [--tokenizer=tokenizer.json] [--out_dir=DIR] [--workers=N]
     python data.py --hf_dataset=HuggingFaceFW/fineweb-edu --hf_config=sample-10BT --out_dir=DIR   # needs datasets
     python data.py --bench                                      # tokenization throughput, 1 worker vs 2
+    python data.py --compact_vocab=true [--input=...]           # the ids used, renumbered -> data/shakespeare-compact/
 
 Every preparation writes DIR/train_NNNNN.bin and DIR/val_NNNNN.bin (token shards, each document followed by
 the tokenizer's separator) and DIR/meta.json (tokenizer, its fingerprint, vocab size, separator, dtype, the
 shard index, token and document counts, source); shards.py defines the format, corpus.py the inputs and
-tokenizer.py the tokenizers. Documents are tokenized by a pool of worker processes, in tasks whose order
-does not depend on their number, so any --workers gives the same bytes; a progress line shows tokens/s and
-the ETA; an interrupted preparation resumes from its last complete shard when the same command is rerun.
+tokenizer.py the tokenizers; --compact_vocab=true (off by default) renumbers the ids that occur to 0..K-1, for a
+model with --vocab_size=K, into DIR-compact (compact.py: the map in meta.json, text <-> ids, the refusals).
+Documents are tokenized by a pool of worker processes, in tasks whose order does not depend on their number, so
+any --workers gives the same bytes; a progress line shows tokens/s and the ETA; an interrupted preparation
+resumes from its last complete shard when the same command is rerun.
 train.py reads the splits through `load_split` + `BatchSampler`; eval.py reads the val split and builds its
 genre probe and next-line multiple-choice task from `shakespeare_plays()`.
 
@@ -51,8 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
+import compact
 import corpus
 import shards
+from compact import CompactTokenizer, UnknownTokenError, decode_with_meta, encode_with_meta  # noqa: F401
 from corpus import is_val_document  # noqa: F401
 # the GPT-2 tokenizer's public names, which eval.py, tasks.py and export.py use as data.NAME
 from tokenizer import (EOT, GPT2_BPE_FILES, GPT2_VOCAB_SIZE, OFFLINE_TOKENIZER_FIX, _cache_path,  # noqa: F401
@@ -190,11 +195,12 @@ def _sources(input, hf_dataset, hf_config, hf_split, text_key):
 
 def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", workers=None,
             shard_tokens=DEFAULT_SHARD_TOKENS, text_key="text", eot=None, hf_dataset=None, hf_config=None,
-            hf_split="train", max_documents=None, progress_every=10.0, stats=None) -> str:
+            hf_split="train", max_documents=None, progress_every=10.0, stats=None, compact_vocab=False) -> str:
     """Tokenize a corpus into out_dir; no input: Shakespeare into DEFAULT_DATA_DIR. Returns out_dir.
 
     input: corpus.py's files, folders or globs; or hf_dataset (a Hugging Face dataset name, streamed).
     Rerunning an interrupted call with the same arguments resumes it. `stats`, a dict, receives timings.
+    compact_vocab: renumber the ids that occur (compact.py), by default into out_dir + "-compact".
     """
     start, stats = time.perf_counter(), stats if stats is not None else {}
     stats.update(wait_s=0.0)
@@ -206,7 +212,7 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
     if input is None and hf_dataset is None:
         if out_dir is None and tok.name != "gpt2":
             raise ValueError(f"--tokenizer={tokenizer}: the default data directory holds GPT-2 tokens; give --out_dir")
-        out_dir, workers = out_dir or DEFAULT_DATA_DIR, 1
+        out_dir, workers = out_dir or DEFAULT_DATA_DIR + ("-compact" if compact_vocab else ""), 1
         plays = shakespeare_plays()
         tasks = [corpus.Task("texts", 0, names=tuple(p["title"] for p in plays), texts=tuple(p["text"] for p in plays),
                              splits=tuple(p["split"] for p in plays))]
@@ -217,14 +223,18 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
             raise ValueError(f"--val_fraction={val_fraction} must be in (0, 1), e.g. 0.05")
         tasks, source, inputs, total_bytes, name = _sources(input, hf_dataset, hf_config, hf_split, text_key)
         source.update(val_fraction=val_fraction, text_key=text_key)
-        out_dir = out_dir or os.path.join(REPO_DIR, "data", name)
+        out_dir = out_dir or os.path.join(REPO_DIR, "data", name + ("-compact" if compact_vocab else ""))
+    if compact_vocab and os.path.abspath(out_dir) == os.path.abspath(DEFAULT_DATA_DIR):
+        raise ValueError(f"--compact_vocab: {out_dir} holds the main job's GPT-2 tokens and stays as it is; give "
+                         f"another --out_dir, or none (then {DEFAULT_DATA_DIR}-compact)")
     tok_meta = tok.meta()
     if os.path.exists(tok.spec):
         tok_meta["tokenizer_spec"] = repo_relative(tok.spec)  # never a machine's absolute path
     # what must not change for an interrupted preparation to resume (changed input files: it starts over)
     settings = {"format_version": DATA_FORMAT_VERSION, **tok_meta, "shard_tokens": shard_tokens,
                 "task_bytes": corpus.TASK_BYTES, "max_documents": max_documents,
-                "source": {k: v for k, v in source.items() if k != "inputs"} if isinstance(source, dict) else source}
+                "source": {k: v for k, v in source.items() if k != "inputs"} if isinstance(source, dict) else source,
+                **({compact.KEY: True} if compact_vocab else {})}  # without it the settings are as they always were
     writer = shards.Writer(out_dir, settings, inputs, tok.dtype, shard_tokens,
                            lambda index: is_val_document(index, val_fraction))
     tasks = iter(tasks)
@@ -241,11 +251,13 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
         if max_documents is not None and writer.documents >= max_documents:
             break
     meta = writer.finish({**tok_meta, "format_version": DATA_FORMAT_VERSION, "shard_tokens": shard_tokens,
-                          "source": source}, source)
+                          "source": source}, source, compact.transform(out_dir) if compact_vocab else None)
     stats.update(wall_s=time.perf_counter() - start, tokens=meta["train_tokens"] + meta["val_tokens"])
     print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']:,} documents), "
           f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']:,} documents), "
-          f"{sum(map(len, meta['shards'].values()))} shards, {tok.dtype}, in {stats['wall_s']:.1f} s", flush=True)
+          f"{sum(map(len, meta['shards'].values()))} shards, {meta['dtype']}, in {stats['wall_s']:.1f} s", flush=True)
+    if compact_vocab:
+        print(f"data.py: {out_dir}: {compact.summary(meta)}", flush=True)
     return str(out_dir)
 
 
@@ -325,13 +337,21 @@ def split_files(data_dir, split: str) -> list[Path]:
     return [path for path, _ in shards.split_files(data_dir, load_meta(data_dir), split)]
 
 
-def check_vocab(meta: dict, vocab_size: int) -> None:
-    """Error unless every token id of the data (< meta["vocab_size"]) has a row in the model's embedding."""
+def check_vocab(meta: dict, vocab_size: int, trained: dict | None = None) -> None:
+    """Error unless every token id of the data (< meta["vocab_size"]) has a row in the model's embedding and, given
+    `trained` (a checkpoint's meta.json), the data's vocabulary is the one it learned (compact.vocab_mismatch)."""
+    if trained is not None and (problem := compact.vocab_mismatch(meta, trained)):
+        raise ValueError(f"{problem}; use the data it was trained on (--data_dir={trained.get('data_dir', '?')})")
     if meta["vocab_size"] > vocab_size:
         need = meta["vocab_size"]
         raise ValueError(f"the data's tokenizer {meta.get('tokenizer', '?')!r} has {need:,} token ids but the model's "
                          f"vocab_size is {vocab_size:,}; set --vocab_size to at least {need} (e.g. "
                          f"{-(-need // 64) * 64}, the next multiple of 64; GPT-2's data: 50304)")
+
+
+def text_tokenizer(meta: dict):
+    """compact.text_tokenizer with this module's get_tokenizer (the one tests replace): eval.py's text <-> ids."""
+    return compact.text_tokenizer(meta, get_tokenizer)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -460,6 +480,8 @@ def main(argv=None) -> str:
     add("--workers", type=int, default=None, help="tokenizer processes (default: one per CPU)")
     add("--shard_tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file (default 100M)")
     add("--max_documents", type=int, default=None, help="stop after this many documents")
+    add("--compact_vocab", nargs="?", const="true", default="false", choices=("true", "false"),
+        help="renumber the token ids that occur to 0..K-1 (compact.py); default out_dir: DIR-compact")
     add("--bench", action="store_true", help="measure tokens/s for 1 and 2 workers on generated text; writes nothing")
     add("--bench_mb", type=float, default=300.0, help="--bench: megabytes of text to generate (default 300)")
     add("--bench_rounds", type=int, default=3, help="--bench: runs per worker count, the fastest counts (default 3)")
@@ -468,7 +490,8 @@ def main(argv=None) -> str:
         bench(args.bench_mb, tokenizer=args.tokenizer, rounds=args.bench_rounds)
         return ""
     return prepare(args.input, args.out_dir, args.val_fraction, args.tokenizer, args.workers, args.shard_tokens,
-                   args.text_key, args.eot, args.hf_dataset, args.hf_config, args.hf_split, args.max_documents)
+                   args.text_key, args.eot, args.hf_dataset, args.hf_config, args.hf_split, args.max_documents,
+                   compact_vocab=args.compact_vocab == "true")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ For every run directory that train.py wrote (checkpoints/ + log.jsonl), this fil
     at the top level (compare.py aggregates them over seeds); make_report hands them to report.py, which
     writes them as NAME/metrics.json, draws the five figures and writes report.md:
         python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
-Checkpoints store data_dir relative to the repository (data.from_repo reads it back). Everything is a
+Checkpoints store data_dir relative to the repository (data.from_repo reads it back). The held-out data must have
+the vocabulary a run was trained on (data.check_vocab: a run on a compacted vocabulary, data.py --compact_vocab,
+reads only data with the same map, and the tasks' text is encoded through that map). Everything is a
 function; `main(argv)` is the CLI. Imports model, data, runtime, metrics, tasks and report (matplotlib
 only through report.py), never train.py. Nothing runs at import.
 """
@@ -311,25 +313,33 @@ HISTORY_KEYS = ("step", metrics.VAL_LOSS, metrics.EFFECTIVE_RANK, metrics.AVG_CO
                 metrics.TARGET_EFFECTIVE_RANK)  # of log.jsonl's eval lines
 
 
-def load_heldout_tokens(data_dir, vocab_size: int):
+def load_heldout(data_dir, runs: list[dict]):
+    """(meta.json, val split) of the held-out data, refused unless every run (a `load_run` dict) can read it: the
+    vocabulary it was trained on, every id within its vocab_size (data.check_vocab)."""
     meta = data.load_meta(data_dir)
-    data.check_vocab(meta, vocab_size)
-    return data.load_split(data_dir, "val")
+    for run in runs:
+        data.check_vocab(meta, run["model"].config.vocab_size, run["ckpt"])
+    return meta, data.load_split(data_dir, "val")
 
 
-def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task=None, mc_task=None) -> dict:
+def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task=None, mc_task=None,
+                 meta=None) -> dict:
     """All metrics of one run as a flat-ish dict (scalars at the top level, so seeds aggregate easily).
 
     `run_dir` may also be a dict from `load_run`. `tokens` defaults to val.bin of cfg.data_dir or of the
-    checkpoint's data_dir; when neither task is given both come from `tasks.build_tasks` (pass them to share them).
+    checkpoint's data_dir, `meta` to that directory's meta.json (give it with `tokens`: the multiple-choice text is
+    encoded into its ids); when neither task is given both come from `tasks.build_tasks` (pass them to share them).
     """
     cfg = _resolve_device(cfg or EvalConfig())
     run = run_dir if isinstance(run_dir, dict) else load_run(run_dir)
     model, ckpt = run["model"], run["ckpt"]
-    if tokens is None:
-        tokens = load_heldout_tokens(heldout_data_dir(cfg, ckpt), model.config.vocab_size)
+    if tokens is None or meta is None:
+        meta, heldout = load_heldout(heldout_data_dir(cfg, ckpt), [run])
+        tokens = heldout if tokens is None else tokens
+    else:
+        data.check_vocab(meta, model.config.vocab_size, ckpt)
     if probe_task is None and mc_task is None:
-        probe_task, mc_task = tasks.build_tasks(cfg, ckpt.get("tokenizer", "gpt2"))
+        probe_task, mc_task = tasks.build_tasks(cfg, ckpt.get("tokenizer", "gpt2"), meta)
     seq_len = min(cfg.seq_len or model.config.block_size, model.config.block_size)
     reps, val_loss = collect_representations(model, tokens, cfg.max_tokens, seq_len,
                                              max(1, cfg.batch_tokens // seq_len), cfg.device)
@@ -358,7 +368,10 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
         result[PROBE_ACCURACY], result["probe_stderr"], result["probe_majority"] = (
             result["probe"][k] for k in ("accuracy", "stderr", "majority_baseline"))
     if mc_task is not None:
-        tokenizer = data.get_tokenizer()
+        tokenizer = data.text_tokenizer(meta)  # through the map of a compacted vocabulary
+        if tokenizer is None:
+            raise ValueError(f"a multiple-choice task needs text turned into {meta.get('tokenizer')!r} ids, which only "
+                             f"GPT-2 data (compacted or not) allows here; pass --mc=false")
         scorer = model_loglikelihood(model, tokenizer, max(1, cfg.batch_tokens // 128), cfg.device)  # ~128-token items
         result["mc"] = score_multiple_choice(mc_task, scorer, cfg.mc_normalization)
         result[MC_ACCURACY], result["mc_stderr"], result["mc_chance"] = (
@@ -382,9 +395,9 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
     # every run sees the same tokens in the same windows, so their numbers are comparable
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or min(r["model"].config.block_size for r in runs))
     data_dir = heldout_data_dir(cfg, runs[0]["ckpt"])
-    tokens = load_heldout_tokens(data_dir, min(r["model"].config.vocab_size for r in runs))
-    probe_task, mc_task = tasks.build_tasks(cfg, tokenizer_name)
-    results = [evaluate_run(run, cfg, tokens, probe_task, mc_task) for run in runs]
+    meta, tokens = load_heldout(data_dir, runs)
+    probe_task, mc_task = tasks.build_tasks(cfg, tokenizer_name, meta)
+    results = [evaluate_run(run, cfg, tokens, probe_task, mc_task, meta) for run in runs]
     trained_on = [data.from_repo(r["ckpt"]["data_dir"]) if r["ckpt"].get("data_dir") else None for r in runs]
     note = report.heldout_note(data.split_files(data_dir, "val")[0], results[0]["eval_tokens"], cfg.seq_len,
                                tokenizer_name, trained_on)

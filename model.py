@@ -443,6 +443,10 @@ PRESETS: dict[str, GPTConfig] = {
     "small": GPTConfig(**_SMALL_ATTENTION),
     "small-moe": GPTConfig(**_SMALL_ATTENTION, n_dense_layers=1, n_routed_experts=16, n_shared_experts=1,
                            top_k=2, d_expert=128),
+    # for long CPU runs on a compacted vocabulary (data.py --compact_vocab=true: Shakespeare keeps 18,817 ids,
+    # rounded up to a multiple of 64); target round(0.2 * 4) = 1
+    "mini-compact": GPTConfig(vocab_size=18880, block_size=256, n_layer=4, d_model=128, n_head=4, n_kv_head=2,
+                              head_dim=32, d_ff=384, nitp_target_layer=1, nitp_weight=1.0),
 }
 
 

@@ -13,7 +13,8 @@ prepare_state.json: the settings, how far the corpus was read (task, document) a
 shards and the length of its current one. An interrupted preparation restarts from that checkpoint: the
 current shards are cut back to the recorded length and the corpus is read again from the recorded task, so
 the result is byte-identical to an uninterrupted run. Its last document is held back until the next one
-arrives, so that at the end it can go to a split that would otherwise stay empty.
+arrives, so that at the end it can go to a split that would otherwise stay empty. An optional last step may
+rewrite the closed shards before meta.json is written (compact.py's vocabulary compaction).
 
 Reading (`open_split`): a split is a `TokenStream`, its shards as one sequence (len() and slicing), each
 shard an np.memmap, so nothing is read into memory until a window is sliced out. Every shard's size is
@@ -32,7 +33,7 @@ import numpy as np
 SPLITS = ("train", "val")
 META, STATE = "meta.json", "prepare_state.json"
 MAX_LISTED_DOCUMENTS = 10_000   # meta.json names at most this many documents per split (a huge corpus: counts only)
-_OUR_FILES = re.compile(r"(train|val)(_\d{5})?\.bin")
+_OUR_FILES = re.compile(r"(train|val)(_\d{5})?\.bin(\.tmp)?")  # .tmp: a shard being rewritten (compact.py)
 
 
 def shard_name(split: str, index: int) -> str:
@@ -181,8 +182,11 @@ class Writer:
         for w in self.writers.values():
             w.filled = False
 
-    def finish(self, meta: dict, source: str) -> dict:
-        """Commit the held-back document, close the shards, write meta.json (updated with the index) last."""
+    def finish(self, meta: dict, source: str, transform=None) -> dict:
+        """Commit the held-back document, close the shards, write meta.json (updated with the index) last.
+
+        `transform(meta) -> meta`, if given, runs on the closed shards before meta.json is written (compact.py
+        rewrites them): the resume checkpoint is removed first, since it no longer describes the files."""
         if self._pending is not None:
             tokens, name, split = self._pending[:3]
             other = "val" if split == "train" else "train"
@@ -201,6 +205,9 @@ class Writer:
         for s, w in self.writers.items():
             meta.update({f"{s}_tokens": sum(x["tokens"] for x in shards[s]), f"num_{s}_documents": docs[s],
                          f"{s}_documents": w.names})
+        if transform is not None:
+            (self.out_dir / STATE).unlink(missing_ok=True)  # interrupted from here on: no meta, no state, starts over
+            meta = transform(meta)
         _write_json(self.out_dir / META, meta)
         (self.out_dir / STATE).unlink(missing_ok=True)
         return meta

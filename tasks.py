@@ -10,7 +10,10 @@ eval.py scores every run on two tasks besides the geometry of its representation
     among lines of the same play. A user's: `load_mc_file`, jsonl {"context", "choices", "answer"}.
 `build_tasks` picks between them from eval.py's EvalConfig. A task here is only data (token ids and strings);
 running a model on it, the probe classifier and the multiple-choice scorer, is eval.py's. A malformed task file
-is an error that names the file and the line.
+is an error that names the file and the line. On a compacted vocabulary (data.py --compact_vocab) the text is
+encoded through its map (data.text_tokenizer), so a model sees the ids it was trained on; an item whose text has
+a token that vocabulary lacks (its corpus never contained it) cannot be encoded: it is dropped (a play of the
+built-in probe, a line of a probe file, a question), and a note counts the dropped items.
 
 Imports numpy and data.py (the tokenizer and the plays), never eval.py, which imports this file. Nothing runs at
 import.
@@ -45,6 +48,27 @@ def _read_jsonl(path, required: dict) -> list[dict]:
     if not rows:
         raise ValueError(f"{path}: no examples; expected one JSON object per line with fields {sorted(required)}")
     return rows
+
+
+def _encodable(tokenizer, items: list, texts, what: str) -> list:
+    """The items all of whose `texts(item)` the tokenizer encodes: every item, except on a compacted vocabulary,
+    which lacks the tokens its corpus never used: an item with one is dropped, and counted in a note."""
+    if not isinstance(tokenizer, data.CompactTokenizer):
+        return items
+
+    def encodes(item) -> bool:
+        try:
+            for text in texts(item):
+                tokenizer.encode_ordinary(text)
+        except data.UnknownTokenError:
+            return False
+        return True
+
+    kept = [item for item in items if encodes(item)]
+    if len(kept) < len(items):
+        print(f"note: {len(items) - len(kept)} of {len(items)} {what} dropped: their text has tokens outside the "
+              f"compacted vocabulary {tokenizer.name!r} (its corpus never contained them)")
+    return kept
 
 
 # ---------------------------------------------------------------------------- probe tasks
@@ -90,8 +114,10 @@ def load_probe_file(path, tokenizer, window=128, test_fraction=0.25, seed=0) -> 
             return "train" if row["split"] == "train" else "test"
         return "test" if i in test_rows else "train"
 
-    return [{"tokens": tokenizer.encode_ordinary(r["text"])[:window], "label": str(r["label"]), "split": split(i, r)}
-            for i, r in enumerate(rows)]
+    examples = _encodable(tokenizer, [(r["text"], str(r["label"]), split(i, r)) for i, r in enumerate(rows)],
+                          lambda ex: ex[:1], f"lines of {path}")
+    return [{"tokens": tokenizer.encode_ordinary(text)[:window], "label": label, "split": split_}
+            for text, label, split_ in examples]
 
 
 # ---------------------------------------------------------------------------- multiple-choice tasks
@@ -133,26 +159,34 @@ def load_mc_file(path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- the tasks of an evaluation
-def build_tasks(cfg, tokenizer_name="gpt2") -> tuple[list | None, list | None]:
+def build_tasks(cfg, tokenizer_name="gpt2", meta=None) -> tuple[list | None, list | None]:
     """(probe task, multiple-choice task): the user's files if given, else built from held-out Shakespeare.
 
     `cfg` is eval.py's EvalConfig (anything with probe, probe_file, probe_window, probe_per_play,
-    probe_test_fraction, mc, mc_file, num_mc, mc_context_lines and seed). None for a task switched off, and
-    for both when the checkpoints do not use GPT-2 BPE: the only tokenizer this repo has, so it could not feed
-    such a model text (the geometry still works on val.bin).
+    probe_test_fraction, mc, mc_file, num_mc, mc_context_lines and seed). `meta`, the held-out data's meta.json,
+    gives the ids (data.text_tokenizer: GPT-2's, through the map of a compacted vocabulary); without it, the
+    checkpoints' `tokenizer_name` does. None for a task switched off or left with no item, and for both when the
+    data is not GPT-2 BPE (compacted or not): the tasks turn text into GPT-2's ids only (the geometry still works
+    on val.bin).
     """
-    if tokenizer_name != "gpt2":
+    if meta is not None:
+        tokenizer_name, tokenizer = meta.get("tokenizer", "gpt2"), data.text_tokenizer(meta)
+    else:
+        tokenizer = data.get_tokenizer() if tokenizer_name == "gpt2" else None
+    if tokenizer is None:
         if cfg.probe or cfg.mc:
             print(f"note: probe and multiple choice skipped: the checkpoints use tokenizer {tokenizer_name!r}, "
                   "not gpt2")
         return None, None
-    tokenizer = data.get_tokenizer()
     plays = data.shakespeare_plays() if (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file) else None
     probe_task = mc_task = None
     if cfg.probe:
         probe_task = (load_probe_file(cfg.probe_file, tokenizer, cfg.probe_window, cfg.probe_test_fraction, cfg.seed)
-                      if cfg.probe_file else build_genre_task(plays, tokenizer, cfg.probe_window, cfg.probe_per_play))
+                      if cfg.probe_file else
+                      build_genre_task(_encodable(tokenizer, plays, lambda p: [p["text"]], "plays of the genre probe"),
+                                       tokenizer, cfg.probe_window, cfg.probe_per_play))
     if cfg.mc:
-        mc_task = (load_mc_file(cfg.mc_file) if cfg.mc_file
-                   else build_next_line_task(plays, cfg.num_mc, cfg.mc_context_lines, seed=cfg.seed))
-    return probe_task, mc_task
+        mc_task = _encodable(tokenizer, load_mc_file(cfg.mc_file) if cfg.mc_file else
+                             build_next_line_task(plays, cfg.num_mc, cfg.mc_context_lines, seed=cfg.seed),
+                             lambda q: [q["context"], *q["choices"]], "multiple-choice questions")
+    return probe_task or None, mc_task or None

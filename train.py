@@ -277,7 +277,7 @@ def build_run(cfg, mcfg, rt) -> Run:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {cfg.out_dir}/{checkpoint.CHECKPOINTS}; drop "
                                     "--resume to start a new run")
         saved = checkpoint.read_meta(ckpt_dir)
-        notes = check_resumable(saved, cfg, mcfg, data.repo_relative(data_dir))
+        notes = check_resumable(saved, cfg, mcfg, data.repo_relative(data_dir), meta)
         state = training_state(run)
         checkpoint.load(ckpt_dir, state)  # DCP reshards: the checkpoint may come from another world size
         set_state_dict(run.container, run.optimizer, model_state_dict=state["model"],
@@ -303,8 +303,8 @@ def build_run(cfg, mcfg, rt) -> Run:
 def save(run):
     checkpoint.save(run.cfg.out_dir, run.step, training_state(run), {
         "model_config": run.mcfg.to_dict(), "train_config": dataclasses.asdict(run.cfg),
-        "tokenizer": run.meta.get("tokenizer", "gpt2"), "data_dir": data.repo_relative(run.data_dir),
-        "world_size": run.rt.world}, rank=run.rt.rank)
+        "tokenizer": run.meta.get("tokenizer", "gpt2"), "tokenizer_fingerprint": run.meta.get("tokenizer_fingerprint"),
+        "data_dir": data.repo_relative(run.data_dir), "world_size": run.rt.world}, rank=run.rt.rank)
 
 
 def my_slices(run):

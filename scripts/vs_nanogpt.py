@@ -1,0 +1,135 @@
+"""scripts/vs_nanogpt.py: our training step against nanoGPT's at the same shape, on CPU, in one process.
+
+    git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT          # nanoGPT is not part of this repo
+    python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT                 # 16 interleaved rounds
+    python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --parts         # + blocks, loss head and AdamW alone
+
+Our `small` preset (d 256, 6 blocks, 8 query / 4 KV heads, SwiGLU 768, RoPE, RMSNorm, vocab 50,304) against
+nanoGPT's GPT at the same width, depth, heads and vocabulary (GELU MLP 1024, learned positions, LayerNorm,
+no biases): the same matmul FLOPs per token. Each round runs one training step of each model (forward,
+backward, AdamW with torch's default implementation for both), in flipped order every other round; the
+figure is the median over rounds of our step's CPU time over nanoGPT's (time.process_time: both threads).
+nanoGPT's model.py is loaded from the folder given, never copied. fp32, eager, batch 8 x 256.
+"""
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import model as ours  # noqa: E402
+import runtime  # noqa: E402
+
+
+def load_nanogpt(folder):
+    path = Path(folder) / "model.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no nanoGPT model.py in {folder}; clone https://github.com/karpathy/nanoGPT "
+                                "and pass --nanogpt=THAT_FOLDER")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def interleaved(pair: dict, rounds: int, warmup: int = 2) -> dict:
+    """{name: [CPU seconds per round]} for the two callables, order flipped every other round."""
+    times = {name: [] for name in pair}
+    names = list(pair)
+    for r in range(warmup + rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.process_time()
+            pair[name]()
+            if r >= warmup:
+                times[name].append(time.process_time() - start)
+    return times
+
+
+def ratio_line(label, times) -> str:
+    ratios = [a / b for a, b in zip(times["ours"], times["nanoGPT"])]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return (f"{label:<8} ours {1e3 * statistics.median(times['ours']):7.1f} ms, nanoGPT "
+            f"{1e3 * statistics.median(times['nanoGPT']):7.1f} ms CPU; ours/nanoGPT {statistics.median(ratios):.3f} "
+            f"(IQR {q1:.3f} .. {q3:.3f}, {len(ratios)} rounds)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (its model.py is loaded)")
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--parts", action="store_true", help="also time the blocks, the loss head and AdamW")
+    args = parser.parse_args(argv)
+    try:
+        nano = load_nanogpt(args.nanogpt)
+    except FileNotFoundError as err:
+        print(f"vs_nanogpt.py: error: {err}", file=sys.stderr)
+        return 2
+    runtime.setup_device(torch.device("cpu"))  # the same CPU settings for both models
+    torch.manual_seed(0)
+    config = ours.get_preset("small")
+    models = {"ours": ours.GPT(config),
+              "nanoGPT": nano.GPT(nano.GPTConfig(block_size=config.block_size, vocab_size=config.vocab_size,
+                                                 n_layer=config.n_layer, n_head=config.n_head,
+                                                 n_embd=config.d_model, dropout=0.0, bias=False))}
+    print(f"params: ours {models['ours'].num_params() / 1e6:.2f}M, nanoGPT "
+          f"{sum(p.numel() for p in models['nanoGPT'].parameters()) / 1e6:.2f}M")
+    x = torch.randint(0, config.vocab_size, (8, config.block_size))  # (B, T)
+    y = torch.randint(0, config.vocab_size, (8, config.block_size))  # (B, T)
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+                  for name, m in models.items()}
+
+    def step_ours():
+        out = models["ours"](x, compute_logits=False, targets=y)
+        (out.ce_sum / y.numel()).backward()
+        optimizers["ours"].step()
+        optimizers["ours"].zero_grad(set_to_none=True)
+
+    def step_nano():
+        _, loss = models["nanoGPT"](x, y)
+        loss.backward()
+        optimizers["nanoGPT"].step()
+        optimizers["nanoGPT"].zero_grad(set_to_none=True)
+
+    print(ratio_line("step", interleaved({"ours": step_ours, "nanoGPT": step_nano}, args.rounds)), flush=True)
+    if not args.parts:
+        return 0
+    h = torch.randn(8, config.block_size, config.d_model, requires_grad=True)  # (B, T, d)
+    grad = torch.randn_like(h)
+    cos, sin = ours.rope_cos_sin(config.block_size, config.head_size, config.rope_theta)
+
+    def blocks_ours():
+        out = h
+        for block in models["ours"].blocks:
+            out, _ = block(out, cos, sin)
+        out.backward(grad)
+
+    def blocks_nano():
+        out = h
+        for block in models["nanoGPT"].transformer.h:
+            out = block(out)
+        out.backward(grad)
+
+    def head_ours():
+        ours.cross_entropy_sum(h, models["ours"].lm_head.weight, y).backward()
+
+    def head_nano():
+        logits = models["nanoGPT"].lm_head(h)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+
+    for m in models.values():  # AdamW alone needs gradients to step on
+        for p in m.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+    parts = {"blocks": (blocks_ours, blocks_nano), "head": (head_ours, head_nano),
+             "AdamW": (optimizers["ours"].step, optimizers["nanoGPT"].step)}
+    for label, (a, b) in parts.items():
+        print(ratio_line(label, interleaved({"ours": a, "nanoGPT": b}, args.rounds)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
