@@ -12,7 +12,7 @@ a run saved on 2 processes resumes on 1 or on 8.
 eval.py, export.py and bench.py read the weights straight from DCP with `load_model` (one process, no
 process group, no conversion step): a finished run needs no consolidated copy.
 
-Imports torch and model.py. Nothing runs at import.
+Imports torch, model.py and files.py. Nothing runs at import.
 """
 
 import contextlib
@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+import files
 import model as model_lib
-import runtime
 
 CHECKPOINTS = "checkpoints"     # the folder of a run's checkpoints, inside out_dir
 META = "meta.json"              # written last: its presence marks a complete checkpoint
@@ -153,13 +153,13 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
         dist.barrier()  # every shard is on disk
     checksums = _checksums(tmp, [p.name for p in tmp.iterdir()], world)
     if rank == 0:
-        runtime.write_text_atomically(tmp / META, json.dumps({**meta, "step": step, "sha256": checksums}, indent=1)
+        files.write_text_atomically(tmp / META, json.dumps({**meta, "step": step, "sha256": checksums}, indent=1)
                                       + "\n")
-        runtime.fsync_dir(tmp)
+        files.fsync_dir(tmp)
         if final.exists():  # the same step saved twice (a stop signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        runtime.fsync_dir(final.parent)
+        files.fsync_dir(final.parent)
         for old in final.parent.iterdir():  # older checkpoints and stale temporaries
             if old != final and (old.name.endswith(".tmp") or _STEP_DIR.match(old.name)):
                 shutil.rmtree(old, ignore_errors=True)

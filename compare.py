@@ -26,6 +26,7 @@ from pathlib import Path
 
 import checkpoint
 import eval as eval_lib
+import files
 import metrics
 import runtime
 
@@ -130,7 +131,7 @@ def run_training(flags: list[str], run_dir: Path, label: str) -> float:
         raise RuntimeError(f"train.py for {label} ended at step {reached} of {planned}; rerun the same compare.py "
                            "command to resume it")
     seconds = time.perf_counter() - t0
-    runtime.write_text_atomically(done_file, json.dumps({"flags": flags, "seconds": seconds, "step": reached}))
+    files.write_text_atomically(done_file, json.dumps({"flags": flags, "seconds": seconds, "step": reached}))
     return seconds
 
 
@@ -198,8 +199,8 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     lines += ["", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
               "metric is measured: [report.md](report.md)."]
     path = out_dir / "summary.md"
-    runtime.write_text_atomically(path, "\n".join(lines) + "\n")
-    runtime.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
+    files.write_text_atomically(path, "\n".join(lines) + "\n")
+    files.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
     return path
 
 

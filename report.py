@@ -33,8 +33,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch, no display
 
 import data
+import files
 import metrics
-import runtime
 
 
 # ---------------------------------------------------------------------------- figures
@@ -188,7 +188,7 @@ def write_all(results, out_dir, cfg, data_note: str) -> Path:
         plot(results, out_dir / name)
     for r in results:
         (out_dir / r["name"]).mkdir(exist_ok=True)
-        runtime.write_text_atomically(out_dir / r["name"] / "metrics.json", json.dumps(r, indent=1))
+        files.write_text_atomically(out_dir / r["name"] / "metrics.json", json.dumps(r, indent=1))
     return write_report(results, out_dir, cfg, data_note)
 
 
@@ -259,5 +259,5 @@ def write_report(results, out_dir, cfg, data_note: str) -> Path:
               f"true next line of a held-out play after {cfg.mc_context_lines} lines of context vs 3 lines of the same "
               "play. ± is the binomial standard error sqrt(p(1-p)/n).", ""]
     path = out_dir / "report.md"
-    runtime.write_text_atomically(path, "\n".join(lines))
+    files.write_text_atomically(path, "\n".join(lines))
     return path

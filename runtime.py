@@ -193,29 +193,3 @@ def all_reduce(tensor, rt: Runtime, op=None) -> None:
     """Sum (or `op`) `tensor` over the processes, in place; nothing to do alone."""
     if rt.world > 1:
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
-
-
-# ---------------------------------------------------------------------------- files
-def write_text_atomically(path, text: str) -> None:
-    """Write a whole file so that a crash at any moment leaves the old content or the new, never a torn or empty
-    file: a temporary sibling, flushed and fsynced, then renamed over `path` (and the rename made durable)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

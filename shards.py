@@ -20,7 +20,7 @@ Reading (`open_split`): a split is a `TokenStream`, its shards as one sequence (
 shard an np.memmap, so nothing is read into memory until a window is sliced out. Every shard's size is
 checked against meta.json first. Directories of format 1 (one `train.bin` / `val.bin` each) read as one shard.
 
-Imports numpy and the standard library. Nothing runs at import.
+Imports numpy, files.py and the standard library. Nothing runs at import.
 """
 
 import json
@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+import files
 
 SPLITS = ("train", "val")
 META, STATE = "meta.json", "prepare_state.json"
@@ -41,9 +43,7 @@ def shard_name(split: str, index: int) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+    files.write_text_atomically(path, json.dumps(obj, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------- writing

@@ -40,6 +40,7 @@ from torch.distributed.tensor import DTensor
 
 import checkpoint
 import data
+import files
 import memory
 import model as model_lib
 import runtime
@@ -288,11 +289,11 @@ def build_run(cfg, mcfg, rt) -> Run:
             kept = read_log_until(run.log_path, run.step)
             resumed = {"kind": "resume", "step": run.step, "checkpoint": data.repo_relative(ckpt_dir),
                        "world_size": rt.world, "notes": notes}
-            runtime.write_text_atomically(run.log_path, "".join(json.dumps(r) + "\n" for r in kept + [resumed]))
+            files.write_text_atomically(run.log_path, "".join(json.dumps(r) + "\n" for r in kept + [resumed]))
             for note in notes:
                 print(f"resume: {note}", flush=True)
     elif rt.master:  # a fresh run starts a fresh log
-        runtime.write_text_atomically(run.log_path, json.dumps({
+        files.write_text_atomically(run.log_path, json.dumps({
             "kind": "config", "train_config": dataclasses.asdict(cfg), "model_config": mcfg.to_dict(),
             "world_size": rt.world, "grad_accum": run.grad_accum, "device": str(rt.device),
             "num_params": model.num_params(), "num_params_active": model.num_params(active=True),
