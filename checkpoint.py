@@ -78,8 +78,7 @@ def verify(ckpt_dir, meta: dict) -> None:
     expected = meta.get("sha256")
     if not isinstance(expected, dict) or not expected:
         raise ValueError(f"{ckpt_dir / META} has no checksums: not a complete checkpoint of this version; remove it")
-    distributed = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size() if distributed else 1
+    world = dist.get_world_size() if _distributed() else 1
     present = [name for name in expected if (ckpt_dir / name).is_file()]
     missing = sorted(set(expected) - set(present))
     actual = _checksums(ckpt_dir, present, world)
@@ -89,6 +88,11 @@ def verify(ckpt_dir, meta: dict) -> None:
         more = f" (and {len(damaged) - 1} more files)" if len(damaged) > 1 else ""
         raise ValueError(f"checkpoint {ckpt_dir} is corrupted: {damaged[0]} is {how}{more}; it was not loaded. "
                          "Restore the file from a copy, or remove the checkpoint to fall back to an older one")
+
+
+def _distributed() -> bool:
+    """Whether a process group is up: then saving, verifying and loading are collectives over it."""
+    return dist.is_available() and dist.is_initialized()
 
 
 @contextlib.contextmanager
@@ -134,7 +138,7 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
     A collective under a process group: every rank calls it. Returns the checkpoint directory."""
     final = step_dir(out_dir, step)
     tmp = final.with_name(final.name + ".tmp")
-    distributed = dist.is_available() and dist.is_initialized()
+    distributed = _distributed()
     world = dist.get_world_size() if distributed else 1
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # a save that died half-way
@@ -173,7 +177,7 @@ def load(ckpt_dir, state: dict) -> None:
     """Fill `state` (a DCP state dict of the same keys, any sharding) in place from a verified checkpoint."""
     verify(ckpt_dir, read_meta(ckpt_dir))
     with _single_process_is_fine():
-        dcp.load(state, checkpoint_id=str(ckpt_dir), no_dist=not (dist.is_available() and dist.is_initialized()))
+        dcp.load(state, checkpoint_id=str(ckpt_dir), no_dist=not _distributed())
 
 
 def saved_keys(ckpt_dir) -> list[str]:
