@@ -10,9 +10,10 @@ For each seed and variant it runs `train.py` in a subprocess (OUT_DIR/seedS/VARI
 skipped when the command is repeated, an interrupted one resumes from its checkpoint), then evaluates
 all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figures, report.md,
 metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as
-mean ± std over seeds, and, against the first variant, whether the difference exceeds the seed spread.
+mean ± std over seeds, and, against the first variant, whether the difference exceeds the seed spread,
+and each variant's training step time against the first variant's (from the runs' logs) beside its FLOPs floor.
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
-Imports eval.py and metrics.py (never train.py: it runs as its own process, as a user would run it).
+Imports eval.py, metrics.py, model.py and objective.py (never train.py: it runs as its own process, as a user would run it).
 """
 
 import json
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ import checkpoint
 import eval as eval_lib
 import files
 import metrics
+import model as model_lib
+import objective
 import runtime
 
 REPO = Path(__file__).resolve().parent
@@ -49,11 +53,13 @@ VARIANTS = {
     "mtp": {"objective": "mtp"},                               # DeepSeek-V3's multi-token prediction, depth 1
     "nextlat": {"objective": "nextlat"},                       # next-latent prediction
 }
-# (metric key in eval.evaluate_run's result, label, format, what the paper reports for NITP vs NTP)
+TOKENS_PER_S, FLOPS_OVERHEAD = "train_tokens_per_s", "flops_overhead"  # training_speed's keys
+# (metric key in eval.evaluate_run's or training_speed's result, label, format, what the paper reports for NITP vs NTP)
 METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
            (metrics.EFFECTIVE_RANK, "eff. rank (final)", ".1f", "higher"),
            (metrics.AVG_COSINE, "avg cosine (final)", ".3f", "lower"),
-           (eval_lib.PROBE_ACCURACY, "probe acc", ".3f", "higher"), (eval_lib.MC_ACCURACY, "MC acc", ".3f", "higher")]
+           (eval_lib.PROBE_ACCURACY, "probe acc", ".3f", "higher"), (eval_lib.MC_ACCURACY, "MC acc", ".3f", "higher"),
+           (TOKENS_PER_S, "training tokens/s (median of the logged windows)", ",.0f", "2.3% more FLOPs at 9bA1b")]
 
 
 @dataclass
@@ -144,6 +150,38 @@ def finished_steps(run_dir: Path) -> tuple[int | None, int | None]:
     return meta.get("step"), meta.get("train_config", {}).get("max_steps")
 
 
+def training_speed(run_dir: Path) -> dict:
+    """A run's measured training speed, the median tokens/s of its logged train windows after the first (warm-up:
+    allocator, caches; a run with one window keeps it), and its objective's FLOPs overhead over NTP
+    (model.flops_per_token's aux_ratio), from its log and its checkpoint. The speed is wall clock on whatever else
+    the machine ran: bench.py times it controlled."""
+    log = eval_lib.read_log(run_dir / "log.jsonl")
+    speeds = [r["tokens_per_s"] for r in log if r.get("kind") == "train"]
+    speeds = speeds[1:] or speeds  # a run too short for two windows keeps its one
+    meta = checkpoint.read_meta(checkpoint.latest(run_dir))
+    train_cfg = types.SimpleNamespace(**meta["train_config"])  # aux_flops_kwargs reads a few of its fields
+    mcfg = model_lib.GPTConfig.from_dict(meta["model_config"])
+    flops = model_lib.flops_per_token(mcfg, train_cfg.seq_len, **objective.aux_flops_kwargs(train_cfg, mcfg))
+    return {TOKENS_PER_S: statistics.median(speeds) if speeds else None, FLOPS_OVERHEAD: flops["aux_ratio"]}
+
+
+def step_overheads(results: list[dict], names: list[str]) -> dict:
+    """{variant: {"measured": median over seeds of (baseline tokens/s / variant tokens/s - 1), "floor": the same
+    ratio of their FLOPs per token - 1}} for every variant but the baseline (names[0]), paired by seed."""
+    by_seed = {(r["variant"], r["seed"]): r for r in results}
+    out = {}
+    for v in names[1:]:
+        pairs = [(by_seed[(names[0], seed)], r) for (name, seed), r in by_seed.items()
+                 if name == v and (names[0], seed) in by_seed]
+        ratios = [b[TOKENS_PER_S] / r[TOKENS_PER_S] - 1 for b, r in pairs
+                  if b.get(TOKENS_PER_S) and r.get(TOKENS_PER_S)]
+        if ratios:
+            b, r = pairs[0]
+            out[v] = {"measured": statistics.median(ratios), "seeds": len(ratios),
+                      "floor": (1 + r[FLOPS_OVERHEAD]) / (1 + b[FLOPS_OVERHEAD]) - 1}
+    return out
+
+
 def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
     """{variant: {metric: [value per seed]}} plus mean/std and, against the baseline, the difference test."""
     names = variant_names(cfg)
@@ -171,6 +209,7 @@ def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
                 entry[v]["same_sign_seeds"] = sum((d > 0) == (diff > 0) and d != 0 for d in paired)
                 entry[v]["exceeds_spread"] = None if std is None else abs(diff) > spread
         summary["metrics"][key] = entry
+    summary["step_overhead"] = step_overheads(results, names)
     return summary
 
 
@@ -196,6 +235,12 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
                 cell += f" (Δ {e['diff']:+{spec}}, {e['same_sign_seeds']}/{len(e['values'])} seeds, {verdict})"
             cells.append(cell)
         lines.append(f"| {entry['label']} (paper, NITP: {entry['paper']}) | " + " | ".join(cells) + " |")
+    overheads = summary.get("step_overhead", {})
+    if overheads:
+        lines += ["", f"Training step time against `{base}`, from the runs' own logs (paired by seed, median over "
+                  "seeds; wall clock on a machine that may have run other work: `bench.py` measures it controlled), "
+                  "beside the FLOPs floor (model.flops_per_token): " + "; ".join(
+                      f"{v} {o['measured']:+.1%} (floor {o['floor']:+.1%})" for v, o in overheads.items()) + "."]
     lines += ["", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
               "metric is measured: [report.md](report.md)."]
     path = out_dir / "summary.md"
@@ -228,8 +273,8 @@ def main(argv=None) -> int:
     print(f"[eval] evaluating {len(run_dirs)} runs on the same held-out tokens ...", flush=True)
     report_dir = out_dir / "report"
     results = eval_lib.make_report(run_dirs, report_dir, eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens))
-    for r, (seed, variant) in zip(results, jobs):
-        r["variant"], r["seed"] = variant, seed
+    for r, (seed, variant), run_dir in zip(results, jobs, run_dirs):
+        r.update(training_speed(run_dir), variant=variant, seed=seed)
     summary = aggregate(results, cfg)
     path = write_summary(summary, report_dir, time.perf_counter() - t0)
     print(path.read_text(), f"wrote {report_dir / 'report.md'} and {path}", sep="\n", flush=True)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import statistics
 
 import pytest
 
@@ -85,6 +86,22 @@ def test_aggregate_single_seed_has_no_verdict():
     assert entry["std"] is None and entry["exceeds_spread"] is None and entry["diff"] == pytest.approx(-0.2)
 
 
+def test_step_overheads_paired_by_seed_against_the_flops_floor(tmp_path):
+    cfg = compare.parse_args(["--seeds=3", "--variants=ntp,nitp,mtp"])
+    speeds = {"ntp": (1000.0, 900.0, 1100.0), "nitp": (950.0, 850.0, 1050.0), "mtp": (500.0, 450.0, 550.0)}
+    floors = {"ntp": 0.0, "nitp": 0.05, "mtp": 0.8}
+    results = [{**_fake_result(v, seed), compare.TOKENS_PER_S: speeds[v][seed], compare.FLOPS_OVERHEAD: floors[v]}
+               for seed in range(3) for v in speeds]
+    summary = compare.aggregate(results, cfg)
+    nitp, mtp = summary["step_overhead"]["nitp"], summary["step_overhead"]["mtp"]
+    # per seed 1000/950, 900/850, 1100/1050: the median of the paired ratios, not the ratio of the means
+    assert nitp["measured"] == pytest.approx(statistics.median([1000 / 950 - 1, 900 / 850 - 1, 1100 / 1050 - 1]))
+    assert nitp["floor"] == pytest.approx(0.05) and nitp["seeds"] == 3
+    assert mtp["measured"] == pytest.approx(1.0) and mtp["floor"] == pytest.approx(0.8)
+    text = compare.write_summary(summary, tmp_path, 60.0).read_text()
+    assert "nitp +5.3% (floor +5.0%); mtp +100.0% (floor +80.0%)" in text
+
+
 @pytest.mark.slow
 def test_end_to_end_tiny(tmp_path, capsys):
     argv = [f"--out_dir={tmp_path}", "--seeds=2", "--preset=tiny-dense", "--max_steps=3", "--eval_batches=1",
@@ -97,6 +114,9 @@ def test_end_to_end_tiny(tmp_path, capsys):
     summary = json.loads((report / "summary.json").read_text())
     assert summary["variants"] == ["ntp", "nitp"]
     assert len(summary["metrics"]["val_loss"]["nitp"]["values"]) == 2
+    overhead = summary["step_overhead"]["nitp"]  # from the runs' logs and their FLOPs accounting
+    assert overhead["seeds"] == 2 and overhead["floor"] > 0
+    assert "Training step time against `ntp`" in (report / "summary.md").read_text()
     # the same seed with the same objective is deterministic, so a rerun skips all four runs
     assert compare.main(argv) == 0
     assert capsys.readouterr().out.count("already trained with these flags: skipped") == 4
