@@ -196,9 +196,7 @@ def base_tokenizer(meta: dict, gpt2=None):
 def text_tokenizer(meta: dict, gpt2):
     """Text <-> the ids of data `meta`, for eval.py's text tasks: GPT-2's tokenizer (`gpt2()`), through the map of
     a compacted vocabulary; None for data of another tokenizer, whose text tasks tasks.build_tasks skips."""
-    if original(meta).get("tokenizer", "gpt2") != "gpt2":
-        return None
-    return CompactTokenizer(gpt2(), meta) if KEY in meta else gpt2()
+    return meta_tokenizer(meta, gpt2) if original(meta).get("tokenizer", "gpt2") == "gpt2" else None
 
 
 def meta_tokenizer(meta: dict, gpt2=None):
