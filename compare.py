@@ -3,15 +3,16 @@
     python compare.py                                  # NTP vs NITP, one seed, CPU, ~15 min on 2 cores
     python compare.py --seeds=3                        # every metric as mean ± std over 3 seeds
     python compare.py --variants=ntp,nitp,mtp,nextlat  # NITP beside its peers MTP and NextLat (peers.py)
-    python compare.py --variants=ntp,nitp,shift0,mse,no_stopgrad,no_projector,deep_target
+    python compare.py --variants=ntp,nitp,shift0,mse,no_stopgrad,no_projector,deep_target --against=ntp,nitp
     python compare.py --max_steps=40 --preset=small-moe   # any other --key=value goes to every train.py run
 
 For each seed and variant it runs `train.py` in a subprocess (OUT_DIR/seedS/VARIANT; a finished run is
 skipped when the command is repeated, an interrupted one resumes from its checkpoint), then evaluates
 all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figures, report.md,
 metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as
-mean ± std over seeds, and, against the first variant, whether the difference exceeds the seed spread,
-and each variant's training step time against the first variant's (from the runs' logs) beside its FLOPs floor.
+mean ± std over seeds, and, against the first variant (or each variant --against names), whether the difference
+exceeds the seed spread, and each variant's training step time against the first variant's (from the runs' logs)
+beside its FLOPs floor.
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
 Imports eval.py, metrics.py, model.py and objective.py (never train.py: it runs as its own process, as a user would run it).
 """
@@ -56,8 +57,12 @@ VARIANTS = {
 TOKENS_PER_S, FLOPS_OVERHEAD = "train_tokens_per_s", "flops_overhead"  # training_speed's keys
 # (metric key in eval.evaluate_run's or training_speed's result, label, format, what the paper reports for NITP vs NTP)
 METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
-           (metrics.EFFECTIVE_RANK, "eff. rank (final)", ".1f", "higher"),
-           (metrics.AVG_COSINE, "avg cosine (final)", ".3f", "lower"),
+           (metrics.EFFECTIVE_RANK, "eff. rank, last hidden state", ".1f", "higher"),
+           (metrics.AVG_COSINE, "avg cosine, last hidden state", ".3f", "lower"),
+           (metrics.TARGET_EFFECTIVE_RANK, "eff. rank, NITP's target layer", ".1f", "not reported"),
+           (metrics.TARGET_AVG_COSINE, "avg cosine, NITP's target layer", ".3f", "not reported"),
+           (metrics.FINAL_AUX_LOSS, "auxiliary loss, held out (its own units; ~0: trivially satisfied)", ".4f",
+            "cosine loss decreasing, not collapsing"),
            (eval_lib.PROBE_ACCURACY, "probe acc", ".3f", "higher"), (eval_lib.MC_ACCURACY, "MC acc", ".3f", "higher"),
            (TOKENS_PER_S, "training tokens/s (median of the logged windows)", ",.0f", "2.3% more FLOPs at 9bA1b")]
 
@@ -65,6 +70,7 @@ METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
 @dataclass
 class CompareConfig:
     variants: str = "ntp,nitp"      # comma-separated names from VARIANTS; the first is the baseline
+    against: str = ""               # variants every other one is compared with (comma-separated); "": the baseline
     seeds: int = 1                  # seeds base_seed, base_seed + 1, ...
     base_seed: int = 1337
     out_dir: str = "runs/compare"
@@ -92,6 +98,9 @@ def parse_args(argv=None) -> CompareConfig:
     unknown = [v for v in variant_names(cfg) if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    missing = [v for v in references(cfg) if v not in variant_names(cfg)]
+    if missing:
+        raise ValueError(f"--against names {', '.join(missing)}, which --variants does not run; add it there")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
     return cfg
@@ -102,6 +111,11 @@ def variant_names(cfg: CompareConfig) -> list[str]:
     if len(names) != len(set(names)):
         raise ValueError(f"--variants lists a name twice: {cfg.variants!r}")
     return names
+
+
+def references(cfg: CompareConfig) -> list[str]:
+    """The variants the others are compared with: --against, else the baseline (the first variant)."""
+    return [v.strip() for v in cfg.against.split(",") if v.strip()] or variant_names(cfg)[:1]
 
 
 def train_flags(cfg: CompareConfig, variant: str, seed: int, run_dir: Path) -> list[str]:
@@ -182,60 +196,66 @@ def step_overheads(results: list[dict], names: list[str]) -> dict:
     return out
 
 
+def difference(values: list[float], reference: list[float]) -> dict:
+    """A variant's per-seed values against a reference's: the difference of means, in how many seeds the paired
+    difference has that sign (one seed's runs share the initial weights and the batches), and whether it exceeds
+    the seed spread, i.e. |difference| > std + std_reference (the one-sigma bands do not overlap; None: one seed)."""
+    diff = statistics.fmean(values) - statistics.fmean(reference)
+    paired = [a - b for a, b in zip(values, reference)]
+    spreads = [statistics.stdev(v) for v in (values, reference) if len(v) > 1]
+    return {"diff": diff, "same_sign_seeds": sum((d > 0) == (diff > 0) and d != 0 for d in paired),
+            "exceeds_spread": abs(diff) > sum(spreads) if len(spreads) == 2 else None}
+
+
 def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
-    """{variant: {metric: [value per seed]}} plus mean/std and, against the baseline, the difference test."""
-    names = variant_names(cfg)
+    """{variant: {metric: [value per seed]}} plus mean/std and, against each reference, the difference test."""
+    names, refs = variant_names(cfg), references(cfg)
     per_variant = {v: {key: [] for key, *_ in METRICS} for v in names}
-    for r in results:
+    for r in sorted(results, key=lambda r: r["seed"]):  # the same seed order in every variant: pairs line up
         for key, *_ in METRICS:
             if r.get(key) is not None:
                 per_variant[r["variant"]][key].append(r[key])
-    summary = {"variants": names, "seeds": cfg.seeds, "baseline": names[0], "metrics": {}}
+    summary = {"variants": names, "seeds": cfg.seeds, "baseline": names[0], "against": refs, "metrics": {}}
     for key, label, _, paper in METRICS:
         entry = {"label": label, "paper": paper}
         for v in names:
             values = per_variant[v][key]
             if not values:
                 continue
-            std = statistics.stdev(values) if len(values) > 1 else None
-            entry[v] = {"values": values, "mean": statistics.fmean(values), "std": std}
-            if v != names[0] and names[0] in entry:
-                base = entry[names[0]]
-                diff = entry[v]["mean"] - base["mean"]
-                # paired by seed: the same seed gives both runs the same init and the same batches
-                paired = [a - b for a, b in zip(values, base["values"])]
-                spread = (std or 0.0) + (base["std"] or 0.0)
-                entry[v]["diff"] = diff
-                entry[v]["same_sign_seeds"] = sum((d > 0) == (diff > 0) and d != 0 for d in paired)
-                entry[v]["exceeds_spread"] = None if std is None else abs(diff) > spread
+            entry[v] = {"values": values, "mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else None,
+                        "vs": {ref: difference(values, per_variant[ref][key]) for ref in refs
+                               if ref != v and len(per_variant[ref][key]) == len(values)}}
         summary["metrics"][key] = entry
     summary["step_overhead"] = step_overheads(results, names)
     return summary
 
 
 def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
-    names, base, n = summary["variants"], summary["baseline"], summary["seeds"]
+    names, refs, n = summary["variants"], summary["against"], summary["seeds"]
+    verdicts = {True: "**exceeds spread**", False: "within spread", None: "one seed"}
     lines = [f"# {' vs '.join(names)}: summary over seeds", "",
-             f"{n} seed(s); each cell is mean ± std over seeds (std needs >= 2 seeds). Against the baseline "
-             f"`{base}`: the difference of means, how many seeds show a difference of that sign (the runs of one "
-             "seed share the initial weights and the batches), and whether |difference| > std(variant) + "
-             "std(baseline), i.e. the two one-sigma bands do not overlap.", "",
-             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             f"{n} seed(s); mean ± std over seeds (std needs >= 2 seeds). Against "
+             + " and ".join(f"`{r}`" for r in refs) + ": the difference of means, in how many seeds the paired "
+             "difference has that sign (the runs of one seed share the initial weights and the batches), and "
+             "whether |difference| > std(variant) + std(reference), i.e. the two one-sigma bands do not overlap."]
     for key, entry in summary["metrics"].items():
         spec = next(s for k, _, s, _ in METRICS if k == key)
-        cells = []
-        for v in names:
-            e = entry.get(v)
-            if e is None:
-                cells.append("-")
-                continue
-            cell = format(e["mean"], spec) + ("" if e["std"] is None else f" ± {e['std']:{spec}}")
-            if "diff" in e:
-                verdict = {True: "exceeds spread", False: "within spread", None: "one seed"}[e["exceeds_spread"]]
-                cell += f" (Δ {e['diff']:+{spec}}, {e['same_sign_seeds']}/{len(e['values'])} seeds, {verdict})"
-            cells.append(cell)
-        lines.append(f"| {entry['label']} (paper, NITP: {entry['paper']}) | " + " | ".join(cells) + " |")
-    overheads = summary.get("step_overhead", {})
+        rows = [v for v in names if v in entry]
+        if not rows:
+            continue
+        lines += ["", f"**{entry['label']}** (paper, NITP against NTP: {entry['paper']})", "",
+                  "| variant | mean ± std | " + " | ".join(f"against {r}" for r in refs) + " |",
+                  "|---|---|" + "---|" * len(refs)]
+        for v in rows:
+            e = entry[v]
+            cells = [format(e["mean"], spec) + ("" if e["std"] is None else f" ± {e['std']:{spec}}")]
+            for ref in refs:
+                d = e["vs"].get(ref)
+                cells.append("-" if d is None else f"{d['diff']:+{spec}} ({d['same_sign_seeds']}/{len(e['values'])}"
+                             f" seeds, {verdicts[d['exceeds_spread']]})")
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    overheads, base = summary.get("step_overhead", {}), summary["baseline"]
     if overheads:
         lines += ["", f"Training step time against `{base}`, from the runs' own logs (paired by seed, median over "
                   "seeds; wall clock on a machine that may have run other work: `bench.py` measures it controlled), "

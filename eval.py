@@ -113,7 +113,7 @@ def load_run(run_dir) -> dict:
     train_config = config_line.get("train_config") or ckpt.get("train_config") or {}
     objective = train_config.get("objective", "unknown")
     return {"dir": str(run_dir), "name": run_dir.resolve().name, "label": f"{run_dir.resolve().name} ({objective})",
-            "objective": objective, "model": model, "ckpt": ckpt, "log": log}
+            "objective": objective, "train_config": train_config, "model": model, "ckpt": ckpt, "log": log}
 
 
 def check_same_tokenizer(runs: list[dict]) -> str:
@@ -194,11 +194,13 @@ def _pad(seqs, device):
 
 
 def geometry(reps: dict, num_pairs=20000, seed=0) -> dict:
-    """Effective rank and singular values of every layer, average cosine of the final states."""
-    generator = torch.Generator().manual_seed(seed)
-    return {"layers": [{"name": name, metrics.EFFECTIVE_RANK: metrics.effective_rank(X),
-                        "singular_values": metrics.singular_values(X).tolist()} for name, X in reps.items()],
-            metrics.AVG_COSINE: metrics.avg_pairwise_cosine(reps["final norm"], num_pairs, generator)}
+    """Effective rank, average cosine and singular values of every layer; the final states' at the top level."""
+    layers = [{"name": name, metrics.EFFECTIVE_RANK: metrics.effective_rank(X),
+               # the same pairs of positions in every layer (one seed each), so layers compare directly
+               metrics.AVG_COSINE: metrics.avg_pairwise_cosine(X, num_pairs, torch.Generator().manual_seed(seed)),
+               "singular_values": metrics.singular_values(X).tolist()} for name, X in reps.items()]
+    return {"layers": layers, metrics.AVG_COSINE: layers[-1][metrics.AVG_COSINE]}
+
 
 
 # ---------------------------------------------------------------------------- frozen-representation probe
@@ -348,6 +350,9 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     del reps
     evals = [r for r in run["log"] if r.get("kind") == "eval"]
     aux_key = metrics.aux_loss_key(run["objective"]) if run["objective"] not in ("ntp", "unknown") else None
+    # the layer NITP targets (its preset default for runs of other objectives, so that every run reports the same one)
+    target, _ = model.config.nitp_defaults(run.get("train_config", {}).get("target_layer"))
+    val_aux_key = metrics.aux_loss_key(run["objective"], "val") if aux_key else None
     result = {
         "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"],
         "objective": run["objective"], "group": run.get("group", run["name"]),
@@ -356,6 +361,9 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
         "val_loss_log": next((r[metrics.VAL_LOSS] for r in reversed(evals) if metrics.VAL_LOSS in r), None),
         metrics.EFFECTIVE_RANK: geo["layers"][-1][metrics.EFFECTIVE_RANK],
         "effective_rank_max": min(n_tokens - 1, d_model), metrics.AVG_COSINE: geo[metrics.AVG_COSINE],
+        "target_layer": target, metrics.TARGET_EFFECTIVE_RANK: geo["layers"][target][metrics.EFFECTIVE_RANK],
+        metrics.TARGET_AVG_COSINE: geo["layers"][target][metrics.AVG_COSINE],
+        metrics.FINAL_AUX_LOSS: next((r[val_aux_key] for r in reversed(evals) if r.get(val_aux_key) is not None), None),
         "layers": geo["layers"],
         "history": {"eval": [{k: r.get(k) for k in HISTORY_KEYS} for r in evals],
                     "train_aux": [[r["step"], r[aux_key]] for r in run["log"]  # the run's own aux loss

@@ -21,6 +21,7 @@ BAD_FLAG_MESSAGES = {
     "--variants=ntp,nitpp": "unknown variant(s) nitpp", "--variants=ntp,ntp": "lists a name twice",
     "--seeds=0": "--seeds must be >= 1", "--seeds=two": "'seeds' expects int",
     "--objective=ntp": "set by compare.py", "seeds=3": "expected --key=value",
+    "--against=mse": "--against names mse, which --variants does not run",
 }
 
 
@@ -71,11 +72,11 @@ def test_aggregate_mean_std_and_spread_verdict():
     summary = compare.aggregate(results, cfg)
     rank = summary["metrics"]["effective_rank"]
     assert rank["ntp"]["mean"] == pytest.approx(11.0) and rank["ntp"]["std"] == pytest.approx(1.0)
-    assert rank["nitp"]["diff"] == pytest.approx(10.0)
-    assert rank["nitp"]["same_sign_seeds"] == 3 and rank["nitp"]["exceeds_spread"] is True
-    loss = summary["metrics"]["val_loss"]
-    assert loss["nitp"]["diff"] == pytest.approx(0.0, abs=1e-12)
-    assert loss["nitp"]["exceeds_spread"] is False  # |0.0| < 0.1 + 0.1
+    assert rank["nitp"]["vs"]["ntp"]["diff"] == pytest.approx(10.0) and rank["ntp"]["vs"] == {}
+    assert rank["nitp"]["vs"]["ntp"]["same_sign_seeds"] == 3 and rank["nitp"]["vs"]["ntp"]["exceeds_spread"] is True
+    loss = summary["metrics"]["val_loss"]["nitp"]["vs"]["ntp"]
+    assert loss["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert loss["exceeds_spread"] is False  # |0.0| < 0.1 + 0.1
     assert "probe_accuracy" in summary["metrics"] and "ntp" not in summary["metrics"]["probe_accuracy"]
 
 
@@ -83,7 +84,31 @@ def test_aggregate_single_seed_has_no_verdict():
     cfg = compare.parse_args([])
     summary = compare.aggregate([_fake_result("ntp", 0, avg_cosine=0.5), _fake_result("nitp", 0, avg_cosine=0.3)], cfg)
     entry = summary["metrics"]["avg_cosine"]["nitp"]
-    assert entry["std"] is None and entry["exceeds_spread"] is None and entry["diff"] == pytest.approx(-0.2)
+    assert entry["std"] is None and entry["vs"]["ntp"]["exceeds_spread"] is None
+    assert entry["vs"]["ntp"]["diff"] == pytest.approx(-0.2)
+
+
+def test_against_two_references_pairs_each_seed_and_skips_metrics_a_reference_lacks(tmp_path):
+    """The ablation table compares every row with NTP and with NITP; NTP has no auxiliary loss to compare with."""
+    cfg = compare.parse_args(["--seeds=2", "--variants=ntp,nitp,shift0", "--against=ntp,nitp"])
+    aux = {"nitp": (0.30, 0.34), "shift0": (0.01, 0.02)}
+    loss = {"ntp": (4.9, 5.4), "nitp": (5.0, 5.1), "shift0": (5.4, 5.5)}
+    # results arrive in any order; the aggregation pairs them by seed
+    results = [_fake_result(v, seed, val_loss=loss[v][seed], final_val_aux_loss=aux[v][seed] if v in aux else None)
+               for v in ("shift0", "nitp", "ntp") for seed in (1, 0)]
+    summary = compare.aggregate(results, cfg)
+    shift0 = summary["metrics"]["val_loss"]["shift0"]["vs"]
+    assert shift0["ntp"]["diff"] == pytest.approx(0.3) and shift0["nitp"]["diff"] == pytest.approx(0.4)
+    assert shift0["nitp"]["same_sign_seeds"] == 2
+    # spread: std(5.4, 5.5) + std(5.0, 5.1) = 2 * 0.0707 < 0.4
+    assert shift0["nitp"]["exceeds_spread"] is True
+    aux_entry = summary["metrics"]["final_val_aux_loss"]
+    assert "ntp" not in aux_entry and set(aux_entry["shift0"]["vs"]) == {"nitp"}
+    assert aux_entry["shift0"]["vs"]["nitp"]["diff"] == pytest.approx(-0.305)
+    text = compare.write_summary(summary, tmp_path, 60.0).read_text()
+    assert "| variant | mean ± std | against ntp | against nitp |" in text
+    assert "| shift0 | 5.4500 ± 0.0707 | +0.3000 (2/2 seeds, within spread) | +0.4000 (2/2 seeds, **exceeds spread**) |" \
+        in text  # against ntp: 0.3 < std 0.0707 + std 0.3536
 
 
 def test_step_overheads_paired_by_seed_against_the_flops_floor(tmp_path):

@@ -36,13 +36,15 @@ def tiny_model(seed=0, **overrides):
     return model_lib.GPT(tiny_config(**overrides)).eval()
 
 
-def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, relative_data_dir=True):
+def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, relative_data_dir=True,
+              target_layer=None):
     """A run directory in the contract format, as train.py would leave it: data_dir stored relative to the
     repository (relative_data_dir=False: an absolute path, as older checkpoints hold)."""
     run_dir.mkdir(parents=True)
     gpt = tiny_model(seed)
     stored_data_dir = data.repo_relative(data_dir) if relative_data_dir else str(data_dir)
-    train_config = {"objective": objective, "max_steps": steps, "data_dir": stored_data_dir}
+    train_config = {"objective": objective, "max_steps": steps, "data_dir": stored_data_dir,
+                    "target_layer": target_layer}
     checkpoint.save(run_dir, steps, {"model": {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in gpt.state_dict().items()}},
                     {"model_config": gpt.config.to_dict(), "train_config": train_config, "tokenizer": tokenizer,
                      "data_dir": stored_data_dir})
@@ -54,7 +56,8 @@ def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, 
         lines.append(train)
         if step % 10 == 0:
             lines.append({"kind": "eval", "step": step, "val_loss": 5.0 - 0.04 * step, "avg_cosine": 0.5 - step / 200,
-                          "effective_rank": 10 + step / (4 if objective == "nitp" else 8)})
+                          "effective_rank": 10 + step / (4 if objective == "nitp" else 8)}
+                         | ({"val_loss_nitp": 0.4 - step / 1000} if objective == "nitp" else {}))
     (run_dir / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return run_dir
 
@@ -226,3 +229,20 @@ def test_evaluate_run_is_callable_on_a_run_dir_alone(tmp_path, data_dir, relativ
     assert metrics["eval_tokens"] == 100 and metrics["step"] == 40 and "probe" not in metrics
     assert metrics["val_loss"] == pytest.approx(math.log(128), abs=0.5)  # an untrained model is ~uniform
     json.dumps(metrics)  # JSON-ready, as metrics.json needs
+
+
+@pytest.mark.parametrize("objective, target_layer, expected", [("nitp", -1, 2), ("nitp", 1, 1), ("ntp", None, 1)])
+def test_evaluate_run_reports_the_target_layers_geometry_and_the_last_held_out_aux_loss(
+        tmp_path, data_dir, objective, target_layer, expected):
+    """The ablation table reads the geometry of the layer NITP targets (the run's own, resolved like train.py does;
+    the preset's default for NTP: tiny-dense's, after block 1) and the aux loss of the last eval line."""
+    run = write_run(tmp_path / objective, objective, data_dir, target_layer=target_layer)
+    metrics = ev.evaluate_run(run, ev.EvalConfig(max_tokens=100, num_pairs=200, probe=False, mc=False, device="cpu"))
+    layers = metrics["layers"]
+    assert [layer["name"] for layer in layers] == ["embedding", "block 1", "block 2", "final norm"]
+    assert metrics["target_layer"] == expected
+    assert metrics["target_effective_rank"] == layers[expected]["effective_rank"]
+    assert metrics["target_avg_cosine"] == layers[expected]["avg_cosine"]
+    assert metrics["avg_cosine"] == layers[-1]["avg_cosine"]
+    assert len({layer["avg_cosine"] for layer in layers}) == 4  # measured per layer, not one value copied
+    assert metrics["final_val_aux_loss"] == (pytest.approx(0.4 - 30 / 1000) if objective == "nitp" else None)
