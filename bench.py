@@ -6,7 +6,7 @@
     python bench.py --preset=gpt2-124m --moe_preset=9bA1b # ... and the paper's MoE block against dense
 
 NITP's extra work is the projector and the cosine, so its overhead has a floor that the FLOPs accounting
-gives (model.flops_per_token); a good implementation sits on it. On the device and preset given, in ONE run:
+gives (flops.flops_per_token); a good implementation sits on it. On the device and preset given, in ONE run:
   * the training step (forward, backward, clipping, AdamW) for NTP, NITP and NITP's peers MTP and NextLat
     (peers.py), interleaved after a warm-up (NTP NITP MTP NextLat, then the reverse: the order flips every round
     so drift hits all alike): median step times, each objective's overhead (median over rounds of its step / the
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+import flops
 import model as model_lib
 import runtime
 from nitp_loss import NITPHead, nitp_loss
@@ -59,7 +60,7 @@ class BenchConfig:
     projector_hidden: int | None = None  # None: 4 * d_model (the paper's head)
     moe_preset: str | None = None       # whose MoE block to time; None: the preset's, or small-moe's if dense
     layer_tokens: int | None = None     # tokens through the MoE and dense layers; None: 16384 on cuda, 2048 on cpu
-    peak_flops: float | None = None     # device bf16 peak for MFU; None: model.peak_bf16_flops (known GPUs)
+    peak_flops: float | None = None     # device bf16 peak for MFU; None: flops.peak_bf16_flops (known GPUs)
     ce_chunk: int | None = None         # the chunked loss head's chunk vs the plain head; None: a quarter of the batch
     json: bool = False                  # one JSON object on stdout instead of the table
 
@@ -299,16 +300,16 @@ def peer_result(name, times, peaks, cfg, mcfg, peak, cuda) -> dict:
     """One peer's figures (mtp, nextlat): its step against NTP's, measured and by the FLOPs accounting (its
     defaults: MTP depth 1; docs/method.md, "Peers: MTP and NextLat"), here and at 9bA1b's size."""
     objective = resolve_objective(ObjectiveConfig(objective=name), mcfg)
-    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(objective, mcfg))
+    cost = flops.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(objective, mcfg))
     big = model_lib.get_preset("9bA1b")
-    big_full = model_lib.flops_per_token(big, 8192, **aux_flops_kwargs(objective, big))["aux_ratio"]
+    big_full = flops.flops_per_token(big, 8192, **aux_flops_kwargs(objective, big))["aux_ratio"]
     (low, median, high), step_s = overhead_quartiles(times, name), statistics.median(times[name])
     tokens = cfg.batch_size * cfg.seq_len
     return {"step_ms": 1e3 * step_s, "tokens_per_s": tokens / step_s, "overhead_measured": median - 1,
-            "overhead_round_iqr": [low - 1, high - 1], "overhead_flops": flops["aux_ratio"],
-            "flops_per_token_extra": flops["aux_extra"], "overhead_flops_9bA1b_full": big_full,
+            "overhead_round_iqr": [low - 1, high - 1], "overhead_flops": cost["aux_ratio"],
+            "flops_per_token_extra": cost["aux_extra"], "overhead_flops_9bA1b_full": big_full,
             "peak_mem_gib": peaks[name] / 2**30 if cuda else None,
-            "mfu": tokens / step_s * (flops["ntp"] + flops["aux_extra"]) / peak if cuda and peak else None}
+            "mfu": tokens / step_s * (cost["ntp"] + cost["aux_extra"]) / peak if cuda and peak else None}
 
 
 def run_benchmark(cfg: BenchConfig) -> dict:
@@ -329,14 +330,14 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         layer_runs, moe_about, moe_path = moe_and_dense_layers(cfg, device, autocast)
         layer_times, _ = time_interleaved(layer_runs, cfg.rounds, cfg.warmup, device, "MoE vs dense layer")
 
-    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden)
-    paper = model_lib.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden, paper_mode=True)
+    cost = flops.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden)
+    paper = flops.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden, paper_mode=True)
     big = model_lib.get_preset("9bA1b")
-    big_paper, big_full = (model_lib.flops_per_token(big, 8192, 4 * big.d_model, paper_mode=mode)["aux_ratio"]
+    big_paper, big_full = (flops.flops_per_token(big, 8192, 4 * big.d_model, paper_mode=mode)["aux_ratio"]
                            for mode in (True, False))
     ntp_s, nitp_s = (statistics.median(times[name]) for name in ("ntp", "nitp"))
     quartiles = overhead_quartiles(times, "nitp")
-    tokens, peak = cfg.batch_size * cfg.seq_len, cfg.peak_flops or model_lib.peak_bf16_flops(device)
+    tokens, peak = cfg.batch_size * cfg.seq_len, cfg.peak_flops or flops.peak_bf16_flops(device)
     moe_tps, dense_tps = (cfg.layer_tokens / statistics.median(layer_times[name]) for name in ("moe", "dense"))
     r = {"preset": cfg.preset, "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": cfg.dtype,
          "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "rounds": cfg.rounds, "compile": cfg.compile,
@@ -344,10 +345,10 @@ def run_benchmark(cfg: BenchConfig) -> dict:
          "ntp_step_ms": 1e3 * ntp_s, "nitp_step_ms": 1e3 * nitp_s,
          "overhead_measured": quartiles[1] - 1, "overhead_of_medians": nitp_s / ntp_s - 1,
          "overhead_round_iqr": [quartiles[0] - 1, quartiles[2] - 1],  # quartiles of the per-round nitp/ntp - 1
-         "overhead_flops": flops["aux_ratio"],  # the floor, full count: attention scores, router, dense block
+         "overhead_flops": cost["aux_ratio"],  # the floor, full count: attention scores, router, dense block
          "overhead_flops_paper": paper["aux_ratio"],
          "overhead_flops_9bA1b_paper": big_paper, "overhead_flops_9bA1b_full": big_full,
-         "flops_per_token_ntp": flops["ntp"], "flops_per_token_nitp_extra": flops["aux_extra"],
+         "flops_per_token_ntp": cost["ntp"], "flops_per_token_nitp_extra": cost["aux_extra"],
          "projector_ms": 1e3 * statistics.median(part_times["projector"]),  # fwd + bwd, alone
          "nitp_loss_ms": 1e3 * statistics.median(part_times["nitp_loss"]),
          "ntp_tokens_per_s": tokens / ntp_s, "nitp_tokens_per_s": tokens / nitp_s,
@@ -355,8 +356,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
          "peak_mem_nitp_gib": peaks["nitp"] / 2**30 if cuda else None,
          # KiB on Linux; for the whole process: every objective, the layers and anything before
          "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_flops": peak,
-         "mfu_ntp": tokens / ntp_s * flops["ntp"] / peak if cuda and peak else None,
-         "mfu_nitp": tokens / nitp_s * (flops["ntp"] + flops["aux_extra"]) / peak if cuda and peak else None,
+         "mfu_ntp": tokens / ntp_s * cost["ntp"] / peak if cuda and peak else None,
+         "mfu_nitp": tokens / nitp_s * (cost["ntp"] + cost["aux_extra"]) / peak if cuda and peak else None,
          "moe_layer": moe_about, "moe_path": moe_path, "layer_tokens": cfg.layer_tokens,
          "moe_tokens_per_s": moe_tps, "dense_tokens_per_s": dense_tps, "moe_vs_dense": moe_tps / dense_tps}
     r["peers"] = {name: peer_result(name, times, peaks, cfg, mcfg, peak, cuda) for name in OBJECTIVES[2:]}

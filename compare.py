@@ -30,6 +30,7 @@ from pathlib import Path
 import checkpoint
 import eval as eval_lib
 import files
+import flops
 import metrics
 import model as model_lib
 import objective
@@ -167,7 +168,7 @@ def finished_steps(run_dir: Path) -> tuple[int | None, int | None]:
 def training_speed(run_dir: Path) -> dict:
     """A run's measured training speed, the median tokens/s of its logged train windows after the first (warm-up:
     allocator, caches; a run with one window keeps it), and its objective's FLOPs overhead over NTP
-    (model.flops_per_token's aux_ratio), from its log and its checkpoint. The speed is wall clock on whatever else
+    (flops.flops_per_token's aux_ratio), from its log and its checkpoint. The speed is wall clock on whatever else
     the machine ran: bench.py times it controlled."""
     log = eval_lib.read_log(run_dir / "log.jsonl")
     speeds = [r["tokens_per_s"] for r in log if r.get("kind") == "train"]
@@ -175,8 +176,8 @@ def training_speed(run_dir: Path) -> dict:
     meta = checkpoint.read_meta(checkpoint.latest(run_dir))
     train_cfg = types.SimpleNamespace(**meta["train_config"])  # aux_flops_kwargs reads a few of its fields
     mcfg = model_lib.GPTConfig.from_dict(meta["model_config"])
-    flops = model_lib.flops_per_token(mcfg, train_cfg.seq_len, **objective.aux_flops_kwargs(train_cfg, mcfg))
-    return {TOKENS_PER_S: statistics.median(speeds) if speeds else None, FLOPS_OVERHEAD: flops["aux_ratio"]}
+    cost = flops.flops_per_token(mcfg, train_cfg.seq_len, **objective.aux_flops_kwargs(train_cfg, mcfg))
+    return {TOKENS_PER_S: statistics.median(speeds) if speeds else None, FLOPS_OVERHEAD: cost["aux_ratio"]}
 
 
 def step_overheads(results: list[dict], names: list[str]) -> dict:
@@ -259,7 +260,7 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     if overheads:
         lines += ["", f"Training step time against `{base}`, from the runs' own logs (paired by seed, median over "
                   "seeds; wall clock on a machine that may have run other work: `bench.py` measures it controlled), "
-                  "beside the FLOPs floor (model.flops_per_token): " + "; ".join(
+                  "beside the FLOPs floor (flops.flops_per_token): " + "; ".join(
                       f"{v} {o['measured']:+.1%} (floor {o['floor']:+.1%})" for v, o in overheads.items()) + "."]
     lines += ["", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
               "metric is measured: [report.md](report.md)."]

@@ -96,7 +96,7 @@ def aux_weight(cfg) -> float:
 
 
 def aux_flops_kwargs(cfg, mcfg) -> dict:
-    """The aux term's arguments to model.flops_per_token: the SwiGLU projector's width for nitp (none for the
+    """The aux term's arguments to flops.flops_per_token: the SwiGLU projector's width for nitp (none for the
     linear and identity projectors, whose FLOPs the accounting leaves out), the depth for mtp, nextlat."""
     if cfg.objective == "nitp" and cfg.projector == "swiglu":
         return {"projector_hidden": cfg.projector_hidden or 4 * mcfg.d_model}

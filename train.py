@@ -41,6 +41,7 @@ from torch.distributed.tensor import DTensor
 import checkpoint
 import data
 import files
+import flops
 import memory
 import model as model_lib
 import runtime
@@ -413,8 +414,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 def training_loop(run, stop):
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     is_cuda = rt.device.type == "cuda"
-    flops = model_lib.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(cfg, mcfg))
-    peak = cfg.peak_flops or model_lib.peak_bf16_flops(rt.device)  # None off CUDA and for unknown GPUs
+    cost = flops.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(cfg, mcfg))
+    peak = cfg.peak_flops or flops.peak_bf16_flops(rt.device)  # None off CUDA and for unknown GPUs
     aux_key = aux_loss_key(cfg.objective) if cfg.objective != "ntp" else None
     history, ema, ema_n, train_time, window = [], 0.0, 0, 0.0, [0.0, 0]  # window: seconds, steps since last log
     while run.step < cfg.max_steps:
@@ -448,8 +449,8 @@ def training_loop(run, stop):
                 record["loss_balance"] = loss_balance
             if is_cuda:
                 record["peak_mem_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
-                if peak:  # per-device model FLOPs utilisation, FLOPs from model.flops_per_token
-                    record["mfu"] = tokens_per_s * (flops["ntp"] + flops["aux_extra"]) / rt.world / peak
+                if peak:  # per-device model FLOPs utilisation, FLOPs from flops.flops_per_token
+                    record["mfu"] = tokens_per_s * (cost["ntp"] + cost["aux_extra"]) / rt.world / peak
             history.append(record)
             if rt.master:
                 write_jsonl(run.log_path, record)

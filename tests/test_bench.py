@@ -1,5 +1,5 @@
 """Tests for bench.py: `--json` prints one object with the documented fields and sane values, the FLOPs
-figures are model.flops_per_token's, the config and its errors, the interleaving order, that an NTP step
+figures are flops.flops_per_token's, the config and its errors, the interleaving order, that an NTP step
 does no NITP work and a NITP step does, and the GPU peak table. Tiny presets, a few rounds: the timings
 themselves are noise here, so only their signs and their consistency with each other are checked."""
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bench
+import flops
 import objective
 import model as model_lib
 
@@ -32,15 +33,15 @@ def test_json_fields_and_values(capsys):
     assert low <= r["overhead_measured"] <= high  # the median of the per-round ratios lies between their quartiles
     assert math.isclose(r["overhead_of_medians"], r["nitp_step_ms"] / r["ntp_step_ms"] - 1, rel_tol=1e-9)
     # the FLOPs figures are the accounting's (4 * d projector, the default), not a second formula
-    full = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model)
-    paper = model_lib.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model, paper_mode=True)
+    full = flops.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model)
+    paper = flops.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model, paper_mode=True)
     assert r["overhead_flops"] == full["aux_ratio"] and r["overhead_flops_paper"] == paper["aux_ratio"]
     assert r["flops_per_token_ntp"] == full["ntp"] and r["flops_per_token_nitp_extra"] == full["aux_extra"]
     # the peers, timed in the same interleaved rounds, each against its own FLOPs floor (their defaults)
     assert set(r["peers"]) == {"mtp", "nextlat"}
     for name, kwargs in (("mtp", dict(mtp_depth=1)), ("nextlat", dict(nextlat=True))):
         p = r["peers"][name]
-        assert p["overhead_flops"] == model_lib.flops_per_token(cfg, 64, **kwargs)["aux_ratio"] > 0
+        assert p["overhead_flops"] == flops.flops_per_token(cfg, 64, **kwargs)["aux_ratio"] > 0
         low, high = p["overhead_round_iqr"]
         assert low <= p["overhead_measured"] <= high and p["step_ms"] > 0 and p["mfu"] is None
         assert math.isclose(p["tokens_per_s"], 2 * 64 / (p["step_ms"] / 1e3), rel_tol=1e-9)
@@ -142,14 +143,6 @@ def test_peer_steps_run_their_own_terms(monkeypatch):
     assert seen == []
     steps["mtp"](), steps["nextlat"]()
     assert seen == ["mtp_terms", "nextlat_terms"]
-
-
-def test_peak_bf16_flops(monkeypatch):
-    assert model_lib.peak_bf16_flops("cpu") is None
-    for name, peak in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-                       ("NVIDIA A100-SXM4-40GB", 312e12), ("Some Future GPU", None)]:
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
-        assert model_lib.peak_bf16_flops("cuda") == peak  # the longest matching key wins (PCIe before H100)
 
 
 @pytest.mark.cuda

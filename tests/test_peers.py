@@ -17,7 +17,8 @@ import memory
 import objective
 import peers
 import train
-from model import GPT, flops_per_token, get_preset
+from flops import flops_per_token
+from model import GPT, get_preset
 from objective import ObjectiveConfig, aux_pair_masks, forward_terms, resolve_objective, total_loss
 from test_train import assert_same_weights, data_dir, read_log, tiny_config  # noqa: F401 (data_dir is a fixture)
 
