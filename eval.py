@@ -312,7 +312,7 @@ def score_multiple_choice(questions, loglikelihood, normalization="char") -> dic
 
 # ---------------------------------------------------------------------------- per-run evaluation
 HISTORY_KEYS = ("step", metrics.VAL_LOSS, metrics.EFFECTIVE_RANK, metrics.AVG_COSINE,
-                metrics.TARGET_EFFECTIVE_RANK)  # of log.jsonl's eval lines
+                metrics.TARGET_EFFECTIVE_RANK, metrics.TARGET_AVG_COSINE)  # of log.jsonl's eval lines
 
 
 def load_heldout(data_dir, runs: list[dict]):

@@ -30,7 +30,7 @@ VAL_LOSS = "val_loss"
 EFFECTIVE_RANK = "effective_rank"
 AVG_COSINE = "avg_cosine"
 TARGET_EFFECTIVE_RANK = "target_effective_rank"
-TARGET_AVG_COSINE = "target_avg_cosine"  # eval.py's per-run results only
+TARGET_AVG_COSINE = "target_avg_cosine"
 FINAL_AUX_LOSS = "final_val_aux_loss"  # eval.py's: the auxiliary loss of the run's last eval line (val_loss_<objective>)
 LOG_SPLITS = ("train", "val")
 

@@ -100,21 +100,29 @@ def plot_layer_spectra(results, path) -> str:
 
 
 def plot_geometry_history(results, path) -> str:
-    """Figure 3 (the paper's Figure 1): effective rank and average cosine of the last hidden states vs step."""
-    fig = Figure(figsize=(12, 4.5))
-    axes = fig.subplots(1, 2)
-    for ax, key, ylabel in zip(axes, (metrics.EFFECTIVE_RANK, metrics.AVG_COSINE),
-                               ("effective rank", "average pairwise cosine")):
+    """Figure 3 (the paper's Figure 1): effective rank and average cosine vs step, of the last hidden states (top)
+    and of the layer NITP targets (bottom); one legend, in the first panel with data."""
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    panels = [(metrics.EFFECTIVE_RANK, "effective rank", "last hidden state"),
+              (metrics.AVG_COSINE, "average pairwise cosine", "last hidden state"),
+              (metrics.TARGET_EFFECTIVE_RANK, "effective rank", "NITP's target layer"),
+              (metrics.TARGET_AVG_COSINE, "average pairwise cosine", "NITP's target layer")]
+    legend_shown = False
+    for ax, (key, ylabel, where) in zip(fig.subplots(2, 2).flat, panels):
         drawn = False
         for r, style in zip(results, _styles(results)):
             points = [(e["step"], e[key]) for e in r["history"]["eval"] if e.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", ms=3, **style, label=r["label"])
                 drawn = True
-        ax.set(xlabel="training step", ylabel=ylabel, title=ylabel)
+        ax.set(xlabel="training step", ylabel=ylabel, title=f"{ylabel}, {where}")
         ax.grid(alpha=0.3)
-        ax.legend() if drawn else _no_data(ax, f"no eval lines with '{key}' in any log.jsonl")
-    fig.suptitle("Geometry of the last hidden states during training (each run's log.jsonl eval lines)")
+        if not drawn:
+            _no_data(ax, f"no eval lines with '{key}' in any log.jsonl")
+        elif not legend_shown:
+            ax.legend(fontsize="small")
+            legend_shown = True
+    fig.suptitle("Geometry during training, on the same validation tokens each time (each run's log.jsonl eval lines)")
     return _save(fig, path)
 
 
@@ -172,7 +180,7 @@ FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value 
            "spectra_layers.png": (plot_layer_spectra,
                                   "Spectra of every layer, one panel per run (first seed of each), by depth."),
            "geometry_vs_step.png": (plot_geometry_history,
-                                    "Effective rank and average cosine during training (log.jsonl)."),
+                                    "Effective rank and average cosine during training (log.jsonl): last hidden state, target layer."),
            "aux_loss.png": (plot_aux_loss, "Each run's own auxiliary loss during training, one panel per objective."),
            "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
 

@@ -45,8 +45,8 @@ import flops
 import memory
 import model as model_lib
 import runtime
-from metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key, avg_pairwise_cosine,
-                     effective_rank)
+from metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_AVG_COSINE, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key,
+                     avg_pairwise_cosine, effective_rank)
 from config import TrainConfig, check_out_dir, check_resumable, parse_config, resolve_config
 from objective import aux_flops_kwargs, aux_logit_heads, aux_pair_masks, aux_weight, balance_weight, build_projector
 from objective import aux_part_names, forward_terms, total_loss
@@ -144,10 +144,11 @@ def evaluate(run):
     x = run.val_sampler.get(0, 0, cfg.batch_size)[:, :-1].to(rt.device)  # (B, T) the first micro-batch
     out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
     if rt.master:
-        hidden = out.final_hidden.flatten(0, 1)  # (B*T, d)
+        hidden, target = out.final_hidden.flatten(0, 1), out.layers[cfg.target_layer].flatten(0, 1)  # (B*T, d) each
         record.update({EFFECTIVE_RANK: effective_rank(hidden),
                        AVG_COSINE: avg_pairwise_cosine(hidden, 4096, torch.Generator().manual_seed(0)),
-                       TARGET_EFFECTIVE_RANK: effective_rank(out.layers[cfg.target_layer].flatten(0, 1))})
+                       TARGET_EFFECTIVE_RANK: effective_rank(target),
+                       TARGET_AVG_COSINE: avg_pairwise_cosine(target, 4096, torch.Generator().manual_seed(0))})
     run.model.train()
     return record
 

@@ -95,8 +95,10 @@ def test_log_jsonl_and_checkpoint_follow_the_contract(nitp_run):
     assert train_lines[-1]["tokens"] == 30 * 64
     assert [r["step"] for r in eval_lines] == [15, 30]
     for r in eval_lines:
-        assert {"val_loss", "val_loss_nitp", "effective_rank", "avg_cosine", "target_effective_rank"} <= r.keys()
-        assert r["effective_rank"] >= 1 and -1 <= r["avg_cosine"] <= 1
+        assert {"val_loss", "val_loss_nitp", "effective_rank", "avg_cosine", "target_effective_rank",
+                "target_avg_cosine"} <= r.keys()
+        assert r["effective_rank"] >= 1 and -1 <= r["avg_cosine"] <= 1 and -1 <= r["target_avg_cosine"] <= 1
+        assert r["target_avg_cosine"] != r["avg_cosine"]  # another layer's states
     ckpt_dir = checkpoint.latest(out)
     meta = checkpoint.read_meta(ckpt_dir)
     assert meta["step"] == 30 and meta["tokenizer"] == "gpt2" and meta["world_size"] == 1
