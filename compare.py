@@ -14,7 +14,8 @@ mean ± std over seeds, and, against the first variant (or each variant --agains
 exceeds the seed spread, and each variant's training step time against the first variant's (from the runs' logs)
 beside its FLOPs floor.
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
-Imports eval.py, metrics.py, model.py and objective.py (never train.py: it runs as its own process, as a user would run it).
+Imports eval.py, metrics.py, flops.py, model.py and objective.py (never train.py: it runs as its own process, as a
+user would run it).
 """
 
 import json

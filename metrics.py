@@ -31,7 +31,7 @@ EFFECTIVE_RANK = "effective_rank"
 AVG_COSINE = "avg_cosine"
 TARGET_EFFECTIVE_RANK = "target_effective_rank"
 TARGET_AVG_COSINE = "target_avg_cosine"
-FINAL_AUX_LOSS = "final_val_aux_loss"  # eval.py's: the auxiliary loss of the run's last eval line (val_loss_<objective>)
+FINAL_AUX_LOSS = "final_val_aux_loss"  # eval.py's: val_loss_<objective> of the run's last eval line
 LOG_SPLITS = ("train", "val")
 
 

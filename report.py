@@ -179,8 +179,8 @@ def plot_rank_by_layer(results, path) -> str:
 FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value spectra of the last hidden states."),
            "spectra_layers.png": (plot_layer_spectra,
                                   "Spectra of every layer, one panel per run (first seed of each), by depth."),
-           "geometry_vs_step.png": (plot_geometry_history,
-                                    "Effective rank and average cosine during training (log.jsonl): last hidden state, target layer."),
+           "geometry_vs_step.png": (plot_geometry_history, "Effective rank and average cosine during training "
+                                    "(log.jsonl): last hidden state, target layer."),
            "aux_loss.png": (plot_aux_loss, "Each run's own auxiliary loss during training, one panel per objective."),
            "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
 
