@@ -202,7 +202,6 @@ def geometry(reps: dict, num_pairs=20000, seed=0) -> dict:
     return {"layers": layers, metrics.AVG_COSINE: layers[-1][metrics.AVG_COSINE]}
 
 
-
 # ---------------------------------------------------------------------------- frozen-representation probe
 def train_linear_probe(train_x, train_y, test_x, test_y, num_classes, l2=1e-3, max_iter=200) -> dict:
     """Multinomial logistic regression (with bias, L2 on weights) by full-batch LBFGS; accuracy on test.
