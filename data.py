@@ -66,6 +66,7 @@ from tokenizer import (EOT, GPT2_BPE_FILES, GPT2_VOCAB_SIZE, OFFLINE_TOKENIZER_F
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(REPO_DIR, "data", "shakespeare")
+COMPACT_SUFFIX = "-compact"  # where --compact_vocab writes by default: DIR + this
 DATA_FORMAT_VERSION = 2         # bump when the cleaning or the file layout changes: the default dir is rebuilt
 DEFAULT_SHARD_TOKENS = 100_000_000
 MAX_LISTED_DOCUMENTS = shards.MAX_LISTED_DOCUMENTS
@@ -212,7 +213,7 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
     if input is None and hf_dataset is None:
         if out_dir is None and tok.name != "gpt2":
             raise ValueError(f"--tokenizer={tokenizer}: the default data directory holds GPT-2 tokens; give --out_dir")
-        out_dir, workers = out_dir or DEFAULT_DATA_DIR + ("-compact" if compact_vocab else ""), 1
+        out_dir, workers = out_dir or DEFAULT_DATA_DIR + (COMPACT_SUFFIX if compact_vocab else ""), 1
         plays = shakespeare_plays()
         tasks = [corpus.Task("texts", 0, names=tuple(p["title"] for p in plays), texts=tuple(p["text"] for p in plays),
                              splits=tuple(p["split"] for p in plays))]
@@ -223,10 +224,10 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
             raise ValueError(f"--val_fraction={val_fraction} must be in (0, 1), e.g. 0.05")
         tasks, source, inputs, total_bytes, name = _sources(input, hf_dataset, hf_config, hf_split, text_key)
         source.update(val_fraction=val_fraction, text_key=text_key)
-        out_dir = out_dir or os.path.join(REPO_DIR, "data", name + ("-compact" if compact_vocab else ""))
+        out_dir = out_dir or os.path.join(REPO_DIR, "data", name + (COMPACT_SUFFIX if compact_vocab else ""))
     if compact_vocab and os.path.abspath(out_dir) == os.path.abspath(DEFAULT_DATA_DIR):
         raise ValueError(f"--compact_vocab: {out_dir} holds the main job's GPT-2 tokens and stays as it is; give "
-                         f"another --out_dir, or none (then {DEFAULT_DATA_DIR}-compact)")
+                         f"another --out_dir, or none (then {DEFAULT_DATA_DIR}{COMPACT_SUFFIX})")
     tok_meta = tok.meta()
     if os.path.exists(tok.spec):
         tok_meta["tokenizer_spec"] = repo_relative(tok.spec)  # never a machine's absolute path
@@ -294,6 +295,8 @@ def prepare_if_missing(data_dir=None) -> str:
 def _prepare_hint(data_dir) -> str:
     if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_DATA_DIR):
         return "prepare it again with `python data.py`"
+    if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_DATA_DIR + COMPACT_SUFFIX):
+        return "prepare it with `python data.py --compact_vocab=true` (Shakespeare, its ids renumbered)"
     return (f"prepare it with `python data.py --input=YOUR_TEXT --out_dir={data_dir}` "
             f"(or use the default Shakespeare corpus: `python data.py`, no --data_dir)")
 

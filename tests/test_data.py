@@ -256,9 +256,13 @@ def test_corpus_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------- reading errors
-def test_reading_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*python data.py"):
+def test_reading_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="does not exist.*python data.py --input=YOUR_TEXT"):
         data.load_split(tmp_path / "missing", "train")
+    # the compacted Shakespeare's default folder, not prepared yet: the hint is the command that makes it
+    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", str(tmp_path / "shakespeare"))
+    with pytest.raises(FileNotFoundError, match=r"does not exist; prepare it with `python data.py --compact_vocab=true`"):
+        data.load_meta(tmp_path / ("shakespeare" + data.COMPACT_SUFFIX))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="is empty.*python data.py"):
         data.load_meta(tmp_path / "empty")
