@@ -212,22 +212,24 @@ def difference(values: list[float], reference: list[float]) -> dict:
 def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
     """{variant: {metric: [value per seed]}} plus mean/std and, against each reference, the difference test."""
     names, refs = variant_names(cfg), references(cfg)
-    per_variant = {v: {key: [] for key, *_ in METRICS} for v in names}
-    for r in sorted(results, key=lambda r: r["seed"]):  # the same seed order in every variant: pairs line up
+    per_variant = {v: {key: {} for key, *_ in METRICS} for v in names}  # {variant: {metric: {seed: value}}}
+    for r in sorted(results, key=lambda r: r["seed"]):
         for key, *_ in METRICS:
             if r.get(key) is not None:
-                per_variant[r["variant"]][key].append(r[key])
+                per_variant[r["variant"]][key][r["seed"]] = r[key]
     summary = {"variants": names, "seeds": cfg.seeds, "baseline": names[0], "against": refs, "metrics": {}}
     for key, label, _, paper in METRICS:
         entry = {"label": label, "paper": paper}
         for v in names:
-            values = per_variant[v][key]
-            if not values:
+            by_seed = per_variant[v][key]
+            if not by_seed:
                 continue
+            values = list(by_seed.values())
+            # compared only where the reference has the same seeds: each difference pairs the runs of one seed
             entry[v] = {"values": values, "mean": statistics.fmean(values),
                         "std": statistics.stdev(values) if len(values) > 1 else None,
-                        "vs": {ref: difference(values, per_variant[ref][key]) for ref in refs
-                               if ref != v and len(per_variant[ref][key]) == len(values)}}
+                        "vs": {ref: difference(values, [per_variant[ref][key][s] for s in by_seed]) for ref in refs
+                               if ref != v and per_variant[ref][key].keys() == by_seed.keys()}}
         summary["metrics"][key] = entry
     summary["step_overhead"] = step_overheads(results, names)
     return summary

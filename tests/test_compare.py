@@ -146,3 +146,13 @@ def test_end_to_end_tiny(tmp_path, capsys):
     # the same seed with the same objective is deterministic, so a rerun skips all four runs
     assert compare.main(argv) == 0
     assert capsys.readouterr().out.count("already trained with these flags: skipped") == 4
+
+
+def test_differences_pair_runs_of_the_same_seed_only():
+    """A reference missing a seed's value is not compared (never pairs seed 0 of one variant with seed 1 of another)."""
+    cfg = compare.parse_args(["--seeds=2", "--variants=ntp,nitp"])
+    results = [_fake_result("ntp", 0, val_loss=5.0, probe_accuracy=0.4), _fake_result("ntp", 1, val_loss=5.2),
+               _fake_result("nitp", 1, val_loss=5.3, probe_accuracy=0.5), _fake_result("nitp", 0, val_loss=5.0)]
+    summary = compare.aggregate(results, cfg)
+    assert summary["metrics"]["val_loss"]["nitp"]["vs"]["ntp"]["same_sign_seeds"] == 1  # seed 1: +0.1, seed 0: 0
+    assert summary["metrics"]["probe_accuracy"]["nitp"]["vs"] == {}  # ntp has seed 0's, nitp seed 1's
