@@ -9,13 +9,13 @@
 For each seed and variant it runs `train.py` in a subprocess (OUT_DIR/seedS/VARIANT; a finished run is
 skipped when the command is repeated, an interrupted one resumes from its checkpoint), then evaluates
 all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figures, report.md,
-metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as
-mean ± std over seeds, and, against the first variant (or each variant --against names), whether the difference
-exceeds the seed spread, and each variant's training step time against the first variant's (from the runs' logs)
-beside its FLOPs floor.
+metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as mean ± std
+over seeds, and, against the first variant (or each variant --against names), whether the difference
+exceeds the seed spread, and each variant's training step time against the first variant's (from the runs'
+logs) beside its FLOPs floor; variants.png shows every seed's value beside the references' bands.
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
-Imports eval.py, metrics.py, flops.py, model.py and objective.py (never train.py: it runs as its own process, as a
-user would run it).
+Imports eval.py, report.py, metrics.py, flops.py, model.py and objective.py (never train.py: it runs as its
+own process, as a user would run it).
 """
 
 import json
@@ -35,6 +35,7 @@ import flops
 import metrics
 import model as model_lib
 import objective
+import report
 import runtime
 
 REPO = Path(__file__).resolve().parent
@@ -57,6 +58,7 @@ VARIANTS = {
     "nextlat": {"objective": "nextlat"},                       # next-latent prediction
 }
 TOKENS_PER_S, FLOPS_OVERHEAD = "train_tokens_per_s", "flops_overhead"  # training_speed's keys
+VARIANTS_PNG = "variants.png"  # write_summary's figure (report.plot_variants), linked from summary.md
 # (metric key in eval.evaluate_run's or training_speed's result, label, format, what the paper reports for NITP vs NTP)
 METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
            (metrics.EFFECTIVE_RANK, "eff. rank, last hidden state", ".1f", "higher"),
@@ -265,11 +267,13 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
                   "seeds; wall clock on a machine that may have run other work: `bench.py` measures it controlled), "
                   "beside the FLOPs floor (flops.flops_per_token): " + "; ".join(
                       f"{v} {o['measured']:+.1%} (floor {o['floor']:+.1%})" for v, o in overheads.items()) + "."]
-    lines += ["", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
+    lines += ["", f"![every metric by variant: one dot per seed, mean ± std, the references' bands]({VARIANTS_PNG})",
+              "", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
               "metric is measured: [report.md](report.md)."]
     path = out_dir / "summary.md"
     files.write_text_atomically(path, "\n".join(lines) + "\n")
     files.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
+    report.plot_variants(summary, out_dir / VARIANTS_PNG, [key for key, *_ in METRICS if key != TOKENS_PER_S])
     return path
 
 

@@ -355,6 +355,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     result = {
         "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"],
         "objective": run["objective"], "group": run.get("group", run["name"]),
+        "aux_loss_type": run.get("train_config", {}).get("loss_type") if run["objective"] == "nitp" else None,
         "step": ckpt.get("step"), "tokenizer": ckpt.get("tokenizer", "gpt2"), "n_layer": model.config.n_layer,
         "d_model": d_model, "eval_tokens": n_tokens, metrics.VAL_LOSS: val_loss,
         "val_loss_log": next((r[metrics.VAL_LOSS] for r in reversed(evals) if metrics.VAL_LOSS in r), None),

@@ -11,9 +11,10 @@ ran. eval.make_report words the held-out data with heldout_note, then calls writ
     write_report(results, out_dir, cfg, data_note)                                  # report.md
 
 Figures: the spectrum of the last hidden states, the spectra of every layer, effective rank and average
-cosine vs training step (the paper's Figure 1), the auxiliary loss curves (NITP's, and its peers' or the regulariser's
-in panels of their own), the effective rank by depth. Runs of
-one group (the seeds of one variant) share a colour and differ by dash pattern. Paths in report.md are
+cosine vs training step (the paper's Figure 1), the auxiliary loss curves (one panel per quantity: NITP's
+cosine, its MSE / Smooth-L1 / KL ablations, its peers' and the regulariser's), the effective rank by depth.
+Runs of one group (the seeds of one variant) share a colour, differ by dash pattern and share one legend
+entry. compare.py also draws plot_variants from its summary over seeds. Paths in report.md are
 relative to the repository (data.repo_relative), never a machine's absolute path, so a report can be
 committed or sent as it is.
 
@@ -50,25 +51,45 @@ def _no_data(ax, message):
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
 
 
+def _group(r) -> str:
+    return r.get("group", r["name"])
+
+
 def _styles(results) -> list[dict]:
     """Matplotlib style per run: one colour per group (the run folder's name, e.g. every seed of `nitp`),
-    one dash pattern per run within its group."""
-    groups = list(dict.fromkeys(r.get("group", r["name"]) for r in results))
+    one dash pattern per run within its group; tab10's colours, tab20's beyond ten groups."""
+    groups = list(dict.fromkeys(_group(r) for r in results))
+    palette = colormaps["tab10" if len(groups) <= 10 else "tab20"]
     seen, styles = {}, []
     for r in results:
-        g = r.get("group", r["name"])
+        g = _group(r)
         seen[g] = seen.get(g, -1) + 1
-        styles.append({"color": f"C{groups.index(g) % 10}", "ls": ("-", "--", ":", "-.")[seen[g] % 4]})
+        styles.append({"color": palette(groups.index(g) % palette.N), "ls": ("-", "--", ":", "-.")[seen[g] % 4]})
     return styles
+
+
+def _legend_labels(results) -> list[str]:
+    """One legend entry per group: a group of one run shows the run's label; the first run of a larger group
+    (the seeds of a variant) shows "GROUP (objective, N runs)" and the others none ("_..." labels are skipped)."""
+    sizes = {}
+    for r in results:
+        sizes[_group(r)] = sizes.get(_group(r), 0) + 1
+    seen, labels = set(), []
+    for r in results:
+        g = _group(r)
+        labels.append(r["label"] if sizes[g] == 1 else "_nolegend_" if g in seen
+                      else f"{g} ({r['objective']}, {sizes[g]} runs)")
+        seen.add(g)
+    return labels
 
 
 def plot_final_spectra(results, path) -> str:
     """Figure 1: normalised singular values of the last hidden states, all runs overlaid."""
     ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    for r, style in zip(results, _styles(results)):
+    for r, style, label in zip(results, _styles(results), _legend_labels(results)):
         s = np.asarray(r["layers"][-1]["singular_values"])
         ax.plot(np.arange(1, len(s) + 1), s / max(s[0], 1e-300), **style,
-                label=f"{r['label']}: eff. rank {r[metrics.EFFECTIVE_RANK]:.1f}")
+                label=f"{label}: eff. rank {r[metrics.EFFECTIVE_RANK]:.1f}" if label == r["label"] else label)
     ax.set(yscale="log", xlabel="index i (singular values sorted, largest first)", ylabel="σ_i / σ_1  (log scale)",
            title="Spectrum of the last hidden states (final-norm output, mean-centred)\n"
                  "normalised by the largest; a flatter curve = higher rank, less collapse")
@@ -80,7 +101,7 @@ def plot_layer_spectra(results, path) -> str:
     """Figure 2: one panel per group (its first run: one seed per variant), one spectrum per layer by depth."""
     first_of_group = {}
     for r in results:
-        first_of_group.setdefault(r.get("group", r["name"]), r)
+        first_of_group.setdefault(_group(r), r)
     results = list(first_of_group.values())
     fig = Figure(figsize=(5.5 * len(results) + 1, 4.8))
     axes = fig.subplots(1, len(results), sharey=True, squeeze=False)[0]
@@ -110,10 +131,10 @@ def plot_geometry_history(results, path) -> str:
     legend_shown = False
     for ax, (key, ylabel, where) in zip(fig.subplots(2, 2).flat, panels):
         drawn = False
-        for r, style in zip(results, _styles(results)):
+        for r, style, label in zip(results, _styles(results), _legend_labels(results)):
             points = [(e["step"], e[key]) for e in r["history"]["eval"] if e.get(key) is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", ms=3, **style, label=r["label"])
+                ax.plot(*zip(*points), marker="o", ms=3, **style, label=label)
                 drawn = True
         ax.set(xlabel="training step", ylabel=ylabel, title=f"{ylabel}, {where}")
         ax.grid(alpha=0.3)
@@ -134,30 +155,39 @@ def _moving_average(values, half_width: int) -> np.ndarray:
     return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
 
 
-AUX_LOSS_LABELS = {"nitp": "1 - cos(P(h_t), z_t+1)", "cosreg": "mean pairwise cosine of h",
+AUX_LOSS_LABELS = {"nitp": "1 - cos(P(h_t), z_t+1)", "nitp, cosine": "1 - cos(P(h_t), z_t+1)",
+                   "nitp, mse": "mean (P(h_t) - z_t+1)^2", "nitp, smooth_l1": "mean huber(P(h_t) - z_t+1)",
+                   "nitp, kl": "KL(softmax z_t+1 || softmax P(h_t))", "cosreg": "mean pairwise cosine of h",
                    "mtp": "CE of token t+k+1", "nextlat": "weighted L_next-h + L_KL"}
+
+
+def aux_quantity(r) -> str:
+    """What a run's auxiliary loss measures: its objective, and for NITP its loss_type (eval.evaluate_run's
+    "aux_loss_type"), so that a cosine loss and an MSE never share an axis."""
+    return ", ".join(filter(None, (r["objective"], r.get("aux_loss_type"))))
 
 
 def plot_aux_loss(results, path) -> str:
     """Figure 4: each run's own auxiliary loss (train loss_<objective> vs step), raw and smoothed, one panel per
-    objective: the losses of different objectives are different quantities, so they never share an axis."""
-    objectives = list(dict.fromkeys(r["objective"] for r in results if r["history"]["train_aux"]))
-    fig = Figure(figsize=(7.5, 4.8 * max(1, len(objectives))), layout="constrained")  # no panel overlaps the next
-    axes = [fig.add_subplot(max(1, len(objectives)), 1, i + 1) for i in range(max(1, len(objectives)))]
-    for ax, objective in zip(axes, objectives):
-        for r, style in zip(results, _styles(results)):
-            if r["objective"] != objective or not r["history"]["train_aux"]:
+    quantity (aux_quantity): the losses of different objectives or loss types never share an axis."""
+    quantities = list(dict.fromkeys(aux_quantity(r) for r in results if r["history"]["train_aux"]))
+    fig = Figure(figsize=(7.5, 4.8 * max(1, len(quantities))), layout="constrained")  # no panel overlaps the next
+    axes = [fig.add_subplot(max(1, len(quantities)), 1, i + 1) for i in range(max(1, len(quantities)))]
+    for ax, quantity in zip(axes, quantities):
+        for r, style, label in zip(results, _styles(results), _legend_labels(results)):
+            if aux_quantity(r) != quantity or not r["history"]["train_aux"]:
                 continue
             steps, losses = zip(*r["history"]["train_aux"])
             ax.plot(steps, losses, color=style["color"], alpha=0.3, lw=0.8, marker="o" if len(losses) < 50 else None,
                     ms=3)
-            ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=r["label"])
+            ax.plot(steps, _moving_average(losses, len(losses) // 100), **style, lw=1.8, label=label)
+        objective = quantity.split(",")[0]
         ax.set(yscale="log", xlabel="training step",
-               ylabel=f"{metrics.aux_loss_key(objective)}: {AUX_LOSS_LABELS.get(objective, objective)}  (log)",
-               title=f"{objective}: auxiliary loss during training (train lines of log.jsonl)\n"
+               ylabel=f"{metrics.aux_loss_key(objective)}: {AUX_LOSS_LABELS.get(quantity, quantity)}  (log)",
+               title=f"{quantity}: auxiliary loss during training (train lines of log.jsonl)\n"
                      "light: every logged value; dark: centred moving average over ~1% of the run")
-        ax.grid(alpha=0.3), ax.legend()
-    if not objectives:
+        ax.grid(alpha=0.3), ax.legend(fontsize="small")
+    if not quantities:
         _no_data(axes[0], "no run logged an auxiliary loss (only NTP runs given)")
     return _save(fig, path)
 
@@ -165,9 +195,9 @@ def plot_aux_loss(results, path) -> str:
 def plot_rank_by_layer(results, path) -> str:
     """Figure 5: effective rank of every layer's representations, all runs overlaid."""
     ax = (fig := Figure(figsize=(7.5, 4.8))).add_subplot()
-    for r, style in zip(results, _styles(results)):
+    for r, style, label in zip(results, _styles(results), _legend_labels(results)):
         ax.plot(range(len(r["layers"])), [layer[metrics.EFFECTIVE_RANK] for layer in r["layers"]], marker="o", **style,
-                label=r["label"])
+                label=label)
     deepest = max(results, key=lambda r: len(r["layers"]))["layers"]
     ax.set_xticks(range(len(deepest)), [layer["name"].replace("block ", "") for layer in deepest])
     ax.set(xlabel="layer (embedding, block 1..L, final norm)", ylabel="effective rank",
@@ -176,12 +206,59 @@ def plot_rank_by_layer(results, path) -> str:
     return _save(fig, path)
 
 
+def _spans_decades(values) -> bool:
+    """Whether a panel needs a log axis: positive values over more than two decades (an MSE beside a cosine loss)."""
+    return min(values) > 0 and max(values) > 100 * min(values)
+
+
+def plot_variants(summary, path, keys=None) -> str:
+    """compare.py's figure: one panel per metric (`keys`, default every one in the summary), the variants along
+    x; each seed's value a dot, mean ± std a black bar; each reference's (summary["against"]) mean ± std a
+    shaded band across the panel, so that "exceeds the seed spread" can be read off. `summary` is
+    compare.aggregate's dict: {"variants", "against", "metrics": {key: {"label", VARIANT: {"values", "mean",
+    "std"}}}}. Positive quantities spanning more than 100x (losses of different loss types) get a log axis."""
+    keys = [k for k in (summary["metrics"] if keys is None else keys)
+            if any(v in summary["metrics"][k] for v in summary["variants"])]
+    cols = min(3, max(1, len(keys)))
+    rows = max(1, -(-len(keys) // cols))
+    fig = Figure(figsize=(5.2 * cols, 4.4 * rows), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    names = summary["variants"]
+    for ax, key in zip(axes, keys):
+        entry = summary["metrics"][key]
+        for i, ref in enumerate(r for r in summary["against"] if r in entry):
+            mean, std = entry[ref]["mean"], entry[ref]["std"] or 0.0
+            ax.axhspan(mean - std, mean + std, color=f"C{i}", alpha=0.15, lw=0)
+            ax.axhline(mean, color=f"C{i}", lw=1, ls="--", label=f"{ref}: mean ± std")
+        values = []
+        for x, v in enumerate(names):
+            if v not in entry:
+                continue
+            e, jitter = entry[v], np.linspace(-0.12, 0.12, len(entry[v]["values"]))
+            ax.plot(x + jitter, e["values"], "o", color="0.45", ms=4, zorder=3)
+            ax.errorbar(x, e["mean"], yerr=e["std"] or 0.0, fmt="_", color="k", ms=14, capsize=4, zorder=4)
+            values += e["values"]
+        if _spans_decades(values):
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set(title=entry["label"], xlim=(-0.6, len(names) - 0.4))
+        ax.grid(alpha=0.3, axis="y")
+        if ax.get_legend_handles_labels()[0]:  # a metric no reference has (NTP's auxiliary loss) draws no band
+            ax.legend(fontsize="x-small")
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Each variant over {summary['seeds']} seed(s): dots = seeds, black = mean ± std, "
+                 "bands = the references' mean ± std")
+    return _save(fig, path)
+
+
 FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value spectra of the last hidden states."),
            "spectra_layers.png": (plot_layer_spectra,
                                   "Spectra of every layer, one panel per run (first seed of each), by depth."),
            "geometry_vs_step.png": (plot_geometry_history, "Effective rank and average cosine during training "
                                     "(log.jsonl): last hidden state, target layer."),
-           "aux_loss.png": (plot_aux_loss, "Each run's own auxiliary loss during training, one panel per objective."),
+           "aux_loss.png": (plot_aux_loss, "Each run's own auxiliary loss during training, one panel per "
+                            "objective (and NITP loss type)."),
            "rank_by_layer.png": (plot_rank_by_layer, "Effective rank at every depth.")}
 
 

@@ -44,7 +44,7 @@ def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, 
     gpt = tiny_model(seed)
     stored_data_dir = data.repo_relative(data_dir) if relative_data_dir else str(data_dir)
     train_config = {"objective": objective, "max_steps": steps, "data_dir": stored_data_dir,
-                    "target_layer": target_layer}
+                    "target_layer": target_layer, "loss_type": "cosine"}
     checkpoint.save(run_dir, steps, {"model": {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in gpt.state_dict().items()}},
                     {"model_config": gpt.config.to_dict(), "train_config": train_config, "tokenizer": tokenizer,
                      "data_dir": stored_data_dir})
@@ -183,6 +183,7 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     assert 1.0 <= metrics["effective_rank"] <= 32 and len(metrics["layers"]) == 4
     assert metrics["probe"]["classes"] == ["comedy", "history", "tragedy"]
     assert results[0]["history"]["train_aux"] == [] and len(results[1]["history"]["train_aux"]) == 40
+    assert results[0]["aux_loss_type"] is None and results[1]["aux_loss_type"] == "cosine"  # NITP's only
     assert ev.main([str(tmp_path / "nothing"), f"--out={out}"]) == 2  # one line, no traceback
 
 

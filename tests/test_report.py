@@ -52,6 +52,10 @@ def results(tmp_path):
             fake_result("seed1-nitp", "nitp", tmp_path / "runs" / "seed1" / "nitp", group="nitp", seed=2)]
 
 
+def png_height(path):
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # the PNG header's IHDR height
+
+
 # ---------------------------------------------------------------------------- figures
 def test_write_all_draws_every_figure_and_writes_metrics_and_report(tmp_path, results):
     out = tmp_path / "report"
@@ -73,19 +77,54 @@ def test_figures_without_nitp_runs_or_history_still_draw(tmp_path, results):
 
 def test_aux_loss_figure_has_one_panel_per_objective(tmp_path, results):
     """NITP's and MTP's losses are different quantities: each objective gets its own panel (and y-axis)."""
-    def png_height(path):
-        return int.from_bytes(path.read_bytes()[20:24], "big")  # the PNG header's IHDR height
-
     report.plot_aux_loss(results, tmp_path / "one.png")
     peers = results + [fake_result("mtp", "mtp", tmp_path / "runs" / "mtp", seed=3)]
     report.plot_aux_loss(peers, tmp_path / "two.png")
     assert png_height(tmp_path / "two.png") > 1.8 * png_height(tmp_path / "one.png")
 
 
+def test_aux_loss_panels_split_nitp_loss_types(tmp_path, results):
+    """An MSE against raw residual streams (thousands) and a cosine loss (< 1) never share an axis."""
+    mse = fake_result("mse", "nitp", tmp_path / "runs" / "mse", seed=4)
+    mse["aux_loss_type"] = "mse"
+    assert [report.aux_quantity(r) for r in results + [mse]] == ["ntp", "nitp", "nitp", "nitp, mse"]
+    report.plot_aux_loss(results, tmp_path / "one.png")
+    report.plot_aux_loss(results + [mse], tmp_path / "two.png")
+    assert png_height(tmp_path / "two.png") > 1.8 * png_height(tmp_path / "one.png")
+
+
+def test_legend_has_one_entry_per_group(results):
+    assert report._legend_labels(results) == ["ntp (ntp)", "nitp (nitp, 2 runs)", "_nolegend_"]
+
+
 def test_styles_share_a_colour_within_a_group_and_differ_by_dashes(results):
     ntp, seed0, seed1 = report._styles(results)
     assert seed0["color"] == seed1["color"] != ntp["color"]
     assert seed0["ls"] != seed1["ls"]
+
+
+def test_styles_beyond_ten_groups_keep_every_colour_distinct(tmp_path):
+    runs = [fake_result(f"v{i}", "nitp", tmp_path / f"v{i}", seed=i) for i in range(12)]
+    assert len({style["color"] for style in report._styles(runs)}) == 12
+
+
+def test_variants_figure_draws_each_metric_and_hides_spare_panels(tmp_path):
+    """compare.aggregate's summary shape: 4 metrics on a 2 x 3 grid, a reference band, a variant without values."""
+    def entry(label, **means):
+        return {"label": label, **{v: {"values": [m - 0.1, m, m + 0.1], "mean": m, "std": 0.1}
+                                   for v, m in means.items()}}
+    summary = {"variants": ["ntp", "nitp", "mse"], "against": ["ntp", "nitp"], "seeds": 3,
+               "metrics": {"val_loss": entry("val loss", ntp=5.0, nitp=5.1, mse=7.0),
+                           "effective_rank": entry("rank", ntp=16.0, nitp=17.0, mse=1.5),
+                           "avg_cosine": entry("cosine", ntp=0.2, nitp=0.2, mse=0.9),
+                           "final_val_aux_loss": entry("aux", nitp=0.3, mse=3000.0),
+                           "probe_accuracy": entry("probe")}}
+    assert report.plot_variants(summary, tmp_path / "all.png") == str(tmp_path / "all.png")
+    keys = ["val_loss", "effective_rank", "avg_cosine", "probe_accuracy"]
+    report.plot_variants(summary, tmp_path / "three.png", keys)
+    # four metrics with values: two rows of three panels; three (probe has none): one row
+    assert png_height(tmp_path / "all.png") > 1.6 * png_height(tmp_path / "three.png")
+    assert report._spans_decades([0.2, 0.4, 3000.0]) and not report._spans_decades([-0.1, 0.2, 30.0])
 
 
 def test_moving_average_is_centred_and_shrinks_at_the_ends():
