@@ -12,7 +12,9 @@ all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figu
 metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as mean ± std
 over seeds, and, against the first variant (or each variant --against names), whether the difference
 exceeds the seed spread, and each variant's training step time against the first variant's (from the runs'
-logs) beside its FLOPs floor; variants.png shows every seed's value beside the references' bands.
+logs) beside its FLOPs floor, and at which eval steps during training the curves part beyond the seed spread.
+Its figures: variants.png (every seed's final value beside the references' bands), curves.png (the metrics
+logged during training, mean ± std over seeds per variant).
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
 Imports eval.py, report.py, metrics.py, flops.py, model.py and objective.py (never train.py: it runs as its
 own process, as a user would run it).
@@ -58,7 +60,7 @@ VARIANTS = {
     "nextlat": {"objective": "nextlat"},                       # next-latent prediction
 }
 TOKENS_PER_S, FLOPS_OVERHEAD = "train_tokens_per_s", "flops_overhead"  # training_speed's keys
-VARIANTS_PNG = "variants.png"  # write_summary's figure (report.plot_variants), linked from summary.md
+VARIANTS_PNG, CURVES_PNG = "variants.png", "curves.png"  # write_summary's figures, linked from summary.md
 # (metric key in eval.evaluate_run's or training_speed's result, label, format, what the paper reports for NITP vs NTP)
 METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
            (metrics.EFFECTIVE_RANK, "eff. rank, last hidden state", ".1f", "higher"),
@@ -234,7 +236,42 @@ def aggregate(results: list[dict], cfg: CompareConfig) -> dict:
                                if ref != v and per_variant[ref][key].keys() == by_seed.keys()}}
         summary["metrics"][key] = entry
     summary["step_overhead"] = step_overheads(results, names)
+    summary["curves"] = aggregate_curves(results, names, refs)
     return summary
+
+
+def aggregate_curves(results: list[dict], names: list[str], refs: list[str]) -> dict:
+    """The metrics logged during training (the eval lines' eval.HISTORY_KEYS), per variant over seeds:
+    {key: {variant: {"steps", "mean", "std", "seeds", "apart": {ref: {"steps", "of"}}}}}, at the eval steps every
+    seed logged; "apart": of the "of" steps both logged, those where the variant's and the reference's one-sigma
+    bands do not overlap (the curves part beyond the seed spread); only over the same seeds, and >= 2 of them."""
+    curves = {}
+    for key in eval_lib.HISTORY_KEYS[1:]:
+        per_variant = {}
+        for v in names:
+            by_seed = {r["seed"]: {e["step"]: e[key] for e in r["history"]["eval"] if e.get(key) is not None}
+                       for r in results if r["variant"] == v and "history" in r}
+            steps = sorted(set.intersection(*map(set, by_seed.values()))) if by_seed else []
+            if steps:
+                at = [[by_seed[seed][t] for seed in sorted(by_seed)] for t in steps]
+                per_variant[v] = {"steps": steps, "seeds": sorted(by_seed), "mean": [statistics.fmean(x) for x in at],
+                                  "std": [statistics.stdev(x) if len(x) > 1 else None for x in at]}
+        for v, c in per_variant.items():
+            c["apart"] = {}
+            for ref in refs:
+                r = per_variant.get(ref)
+                if ref == v or r is None or r["seeds"] != c["seeds"] or len(c["seeds"]) < 2:
+                    continue
+                ref_at = {t: (m, s) for t, m, s in zip(r["steps"], r["mean"], r["std"])}
+                both = [(t, m, s) for t, m, s in zip(c["steps"], c["mean"], c["std"]) if t in ref_at]
+                c["apart"][ref] = {"of": len(both), "steps": [t for t, m, s in both
+                                                              if abs(m - ref_at[t][0]) > s + ref_at[t][1]]}
+        curves[key] = per_variant
+    return curves
+
+
+def _step_list(steps: list[int], shown: int = 8) -> str:
+    return ", ".join(map(str, steps[:shown])) + (f", ... {steps[-1]}" if len(steps) > shown else "")
 
 
 def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
@@ -261,6 +298,18 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
                 cells.append("-" if d is None else f"{d['diff']:+{spec}} ({d['same_sign_seeds']}/{len(e['values'])}"
                              f" seeds, {verdicts[d['exceeds_spread']]})")
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    labels = {key: label for key, label, *_ in METRICS}
+    for ref in refs:
+        rows = [f"* {labels[key]}: " + "; ".join(
+                    f"{v} {len(c['apart'][ref]['steps'])} of {c['apart'][ref]['of']}" + (
+                        f" ({_step_list(c['apart'][ref]['steps'])})" if c["apart"][ref]["steps"] else "")
+                    for v, c in per_variant.items() if ref in c["apart"])
+                for key, per_variant in summary.get("curves", {}).items()
+                if any(ref in c["apart"] for c in per_variant.values())]
+        if rows:
+            lines += ["", f"During training, against `{ref}`: at how many of the eval steps every seed logged the "
+                      "one-sigma bands do not overlap (the curves part beyond the seed spread), and which "
+                      f"([{CURVES_PNG}]({CURVES_PNG}))", "", *rows]
     overheads, base = summary.get("step_overhead", {}), summary["baseline"]
     if overheads:
         lines += ["", f"Training step time against `{base}`, from the runs' own logs (paired by seed, median over "
@@ -274,6 +323,7 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     files.write_text_atomically(path, "\n".join(lines) + "\n")
     files.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
     report.plot_variants(summary, out_dir / VARIANTS_PNG, [key for key, *_ in METRICS if key != TOKENS_PER_S])
+    report.plot_curves(summary, out_dir / CURVES_PNG, {key: label for key, label, *_ in METRICS})
     return path
 
 

@@ -14,7 +14,7 @@ Figures: the spectrum of the last hidden states, the spectra of every layer, eff
 cosine vs training step (the paper's Figure 1), the auxiliary loss curves (one panel per quantity: NITP's
 cosine, its MSE / Smooth-L1 / KL ablations, its peers' and the regulariser's), the effective rank by depth.
 Runs of one group (the seeds of one variant) share a colour, differ by dash pattern and share one legend
-entry. compare.py also draws plot_variants from its summary over seeds. Paths in report.md are
+entry. compare.py also draws plot_variants and plot_curves from its summary over seeds. Paths in report.md are
 relative to the repository (data.repo_relative), never a machine's absolute path, so a report can be
 committed or sent as it is.
 
@@ -249,6 +249,36 @@ def plot_variants(summary, path, keys=None) -> str:
         ax.set_visible(False)
     fig.suptitle(f"Each variant over {summary['seeds']} seed(s): dots = seeds, black = mean ± std, "
                  "bands = the references' mean ± std")
+    return _save(fig, path)
+
+
+def plot_curves(summary, path, labels: dict) -> str:
+    """compare.py's other figure: the metrics logged during training (summary["curves"], compare.aggregate_curves),
+    one panel each, every variant's mean over seeds as a line inside its ± std band. `labels`: {key: title}."""
+    curves = {key: c for key, c in summary.get("curves", {}).items() if c}
+    fig = Figure(figsize=(12, 4.2 * max(1, -(-len(curves) // 2))), layout="constrained")
+    axes = list(fig.subplots(max(1, -(-len(curves) // 2)), 2, squeeze=False).flat)
+    palette = colormaps["tab10" if len(summary["variants"]) <= 10 else "tab20"]
+    for ax, (key, per_variant) in zip(axes, curves.items()):
+        for i, v in enumerate(summary["variants"]):
+            if v not in per_variant:
+                continue
+            c = per_variant[v]
+            mean, std = np.asarray(c["mean"]), np.asarray([s or 0.0 for s in c["std"]])
+            color = palette(i % palette.N)
+            ax.plot(c["steps"], mean, color=color, lw=1.5, marker="o" if len(mean) <= 30 else None, ms=3,
+                    label=f"{v} ({len(c['seeds'])} seeds)")
+            ax.fill_between(c["steps"], mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        ax.set(title=labels.get(key, key), xlabel="training step")
+        ax.grid(alpha=0.3)
+    if curves:
+        axes[0].legend(fontsize="x-small")
+    else:
+        _no_data(axes[0], "no eval lines in the runs' log.jsonl")
+    for ax in axes[max(1, len(curves)):]:
+        ax.set_visible(False)
+    fig.suptitle("During training (each run's log.jsonl eval lines, the same validation tokens each time): "
+                 "mean over seeds, band = ± std")
     return _save(fig, path)
 
 

@@ -157,3 +157,33 @@ def test_differences_pair_runs_of_the_same_seed_only():
     summary = compare.aggregate(results, cfg)
     assert summary["metrics"]["val_loss"]["nitp"]["vs"]["ntp"]["same_sign_seeds"] == 1  # seed 1: +0.1, seed 0: 0
     assert summary["metrics"]["probe_accuracy"]["nitp"]["vs"] == {}  # ntp has seed 0's, nitp seed 1's
+
+
+def _history_result(variant, seed, ranks: dict, val_loss=5.0):
+    """A result with a log history: {step: effective rank} (steps missing from the dict were not logged)."""
+    return {"variant": variant, "seed": seed, "val_loss": val_loss,
+            "history": {"eval": [{"step": t, "val_loss": val_loss, "effective_rank": r} for t, r in ranks.items()]}}
+
+
+def test_curves_part_where_the_one_sigma_bands_do_not_overlap(tmp_path):
+    cfg = compare.parse_args(["--seeds=2", "--variants=ntp,nitp", "--against=ntp"])
+    results = [_history_result("ntp", 0, {0: 1.0, 10: 10.0, 20: 20.0}),
+               _history_result("ntp", 1, {0: 1.2, 10: 11.0, 20: 21.0}),
+               _history_result("nitp", 0, {0: 1.1, 10: 14.0, 20: 30.0}),  # seed 1 did not log step 20
+               _history_result("nitp", 1, {0: 1.1, 10: 15.0})]
+    summary = compare.aggregate(results, cfg)
+    rank = summary["curves"]["effective_rank"]
+    assert rank["ntp"]["steps"] == [0, 10, 20] and rank["nitp"]["steps"] == [0, 10]  # steps every seed logged
+    assert rank["nitp"]["mean"] == pytest.approx([1.1, 14.5]) and rank["nitp"]["std"][0] == pytest.approx(0.0)
+    # step 0: |1.1 - 1.1| < 0 + 0.141; step 10: |14.5 - 10.5| > 0.707 + 0.707
+    assert rank["nitp"]["apart"] == {"ntp": {"steps": [10], "of": 2}} and rank["ntp"]["apart"] == {}
+    assert summary["curves"]["val_loss"]["nitp"]["apart"] == {"ntp": {"steps": [], "of": 2}}
+    text = compare.write_summary(summary, tmp_path, 60.0).read_text()
+    assert "* eff. rank, last hidden state: nitp 1 of 2 (10)" in text and "* val loss: nitp 0 of 2\n" in text
+    assert (tmp_path / compare.CURVES_PNG).stat().st_size > 15_000
+
+
+def test_curves_need_two_seeds_to_part():
+    cfg = compare.parse_args(["--variants=ntp,nitp"])
+    summary = compare.aggregate([_history_result("ntp", 0, {0: 1.0}), _history_result("nitp", 0, {0: 9.0})], cfg)
+    assert summary["curves"]["effective_rank"]["nitp"]["apart"] == {}
