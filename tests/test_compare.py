@@ -136,8 +136,9 @@ def test_end_to_end_tiny(tmp_path, capsys):
     report = tmp_path / "report"
     for name in ("report.md", "summary.md", "summary.json"):
         assert (report / name).exists()
-    assert len(list(report.glob("*.png"))) == 6  # eval's five and compare's variants.png
+    assert len(list(report.glob("*.png"))) == 7  # eval's five and compare's variants.png and curves.png
     assert f"]({compare.VARIANTS_PNG})" in (report / "summary.md").read_text()
+    assert f"]({compare.CURVES_PNG})" in (report / "summary.md").read_text()  # seeds 2: the curves are compared
     summary = json.loads((report / "summary.json").read_text())
     assert summary["variants"] == ["ntp", "nitp"]
     assert len(summary["metrics"]["val_loss"]["nitp"]["values"]) == 2
