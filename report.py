@@ -55,11 +55,15 @@ def _group(r) -> str:
     return r.get("group", r["name"])
 
 
+def _palette(n_colours: int):
+    return colormaps["tab10" if n_colours <= 10 else "tab20"]
+
+
 def _styles(results) -> list[dict]:
     """Matplotlib style per run: one colour per group (the run folder's name, e.g. every seed of `nitp`),
     one dash pattern per run within its group; tab10's colours, tab20's beyond ten groups."""
     groups = list(dict.fromkeys(_group(r) for r in results))
-    palette = colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    palette = _palette(len(groups))
     seen, styles = {}, []
     for r in results:
         g = _group(r)
@@ -155,7 +159,8 @@ def _moving_average(values, half_width: int) -> np.ndarray:
     return (sums[index + half + 1] - sums[index - half]) / (2 * half + 1)
 
 
-AUX_LOSS_LABELS = {"nitp": "1 - cos(P(h_t), z_t+1)", "nitp, cosine": "1 - cos(P(h_t), z_t+1)",
+COSINE_LOSS = "1 - cos(P(h_t), z_t+1)"
+AUX_LOSS_LABELS = {"nitp": COSINE_LOSS, "nitp, cosine": COSINE_LOSS,
                    "nitp, mse": "mean (P(h_t) - z_t+1)^2", "nitp, smooth_l1": "mean huber(P(h_t) - z_t+1)",
                    "nitp, kl": "KL(softmax z_t+1 || softmax P(h_t))", "cosreg": "mean pairwise cosine of h",
                    "mtp": "CE of token t+k+1", "nextlat": "weighted L_next-h + L_KL"}
@@ -258,7 +263,7 @@ def plot_curves(summary, path, labels: dict) -> str:
     curves = {key: c for key, c in summary.get("curves", {}).items() if c}
     fig = Figure(figsize=(12, 4.2 * max(1, -(-len(curves) // 2))), layout="constrained")
     axes = list(fig.subplots(max(1, -(-len(curves) // 2)), 2, squeeze=False).flat)
-    palette = colormaps["tab10" if len(summary["variants"]) <= 10 else "tab20"]
+    palette = _palette(len(summary["variants"]))
     for ax, (key, per_variant) in zip(axes, curves.items()):
         for i, v in enumerate(summary["variants"]):
             if v not in per_variant:
