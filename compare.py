@@ -276,6 +276,7 @@ def _step_list(steps: list[int], shown: int = 8) -> str:
 
 def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     names, refs, n = summary["variants"], summary["against"], summary["seeds"]
+    labels = {key: label for key, label, *_ in METRICS}
     verdicts = {True: "**exceeds spread**", False: "within spread", None: "one seed"}
     lines = [f"# {' vs '.join(names)}: summary over seeds", "",
              f"{n} seed(s); mean ± std over seeds (std needs >= 2 seeds). Against "
@@ -298,7 +299,6 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
                 cells.append("-" if d is None else f"{d['diff']:+{spec}} ({d['same_sign_seeds']}/{len(e['values'])}"
                              f" seeds, {verdicts[d['exceeds_spread']]})")
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    labels = {key: label for key, label, *_ in METRICS}
     for ref in refs:
         rows = [f"* {labels[key]}: " + "; ".join(
                     f"{v} {len(c['apart'][ref]['steps'])} of {c['apart'][ref]['of']}" + (
@@ -323,7 +323,7 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     files.write_text_atomically(path, "\n".join(lines) + "\n")
     files.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
     report.plot_variants(summary, out_dir / VARIANTS_PNG, [key for key, *_ in METRICS if key != TOKENS_PER_S])
-    report.plot_curves(summary, out_dir / CURVES_PNG, {key: label for key, label, *_ in METRICS})
+    report.plot_curves(summary, out_dir / CURVES_PNG, labels)
     return path
 
 
