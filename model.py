@@ -16,7 +16,7 @@ What NITP and its peers need comes out of the same forward pass: `model(idx, lay
 residual stream after block k (k = 0 is the embedding output: NITP's implicit-token target) and the final hidden
 state after the final norm. Also here: the presets (PRESETS), parameter counts (GPT.num_params) and the init
 (init_weights, peers.py's too); what a token costs to train is flops.py's.
-Imports only torch. Nothing runs at import.
+Imports torch and fused.py (the eager float32 form of RoPE, RMSNorm and SwiGLU). Nothing runs at import.
 """
 
 import dataclasses
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+import fused
 
 
 # ---------------------------------------------------------------------------- config
@@ -139,6 +141,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if fused.enabled(x) and self.weight.dtype == x.dtype:
+            return fused.RMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -154,6 +158,8 @@ def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None, dtype=t
 def apply_rope(x, cos, sin):
     """Rotate feature pairs (i, i + hd/2) of x (B, H, T, hd) by position-dependent angles (GPT-NeoX /
     Llama half-split layout), in at least float32, so that q.k depends only on relative position."""
+    if fused.enabled(x) and cos.dtype == x.dtype:
+        return fused.RoPE.apply(x, cos, sin)
     x1, x2 = x.to(torch.promote_types(x.dtype, cos.dtype)).chunk(2, dim=-1)  # (B, H, T, hd/2) each
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
@@ -189,7 +195,10 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (..., hidden) each
+        gate_up = self.gate_up(x)  # (..., 2 hidden)
+        if fused.enabled(gate_up):
+            return self.down(fused.SwiGLU.apply(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # (..., hidden) each
         return self.down(F.silu(gate) * up)
 
 

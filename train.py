@@ -268,8 +268,7 @@ def build_run(cfg, mcfg, rt) -> Run:
     params = list(model.parameters()) + (list(projector.parameters()) if projector is not None else [])
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  foreach=True if rt.device.type == "cuda" else None)
+                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **runtime.adamw_options(rt.device))
     run = Run(cfg=cfg, mcfg=mcfg, rt=rt, model=model, projector=projector, container=container, params=params,
               optimizer=optimizer, train_sampler=samplers[0], val_sampler=samplers[1],
               grad_accum=cfg.global_batch_tokens // (micro_tokens * rt.world), eot=meta.get("eot_token", data.EOT),

@@ -7,8 +7,10 @@
 Our `small` preset (d 256, 6 blocks, 8 query / 4 KV heads, SwiGLU 768, RoPE, RMSNorm, vocab 50,304) against
 nanoGPT's GPT at the same width, depth, heads and vocabulary (GELU MLP 1024, learned positions, LayerNorm,
 no biases): the same matmul FLOPs per token. Each round runs one training step of each model (forward,
-backward, AdamW with torch's default implementation for both), in flipped order every other round; the
-figure is the median over rounds of our step's CPU time over nanoGPT's (time.process_time: both threads).
+backward, AdamW), in flipped order every other round; the figure is the median over rounds of our step's CPU
+time over nanoGPT's (time.process_time: both threads). Each step uses its own repository's AdamW: ours the
+implementation train.py picks (runtime.adamw_options: fused on CPU), nanoGPT's from its configure_optimizers
+(fused only on CUDA, so torch's default on CPU).
 nanoGPT's model.py is loaded from the folder given, never copied. fp32, eager, batch 8 x 256.
 """
 
@@ -80,8 +82,9 @@ def main(argv=None) -> int:
           f"{sum(p.numel() for p in models['nanoGPT'].parameters()) / 1e6:.2f}M")
     x = torch.randint(0, config.vocab_size, (8, config.block_size))  # (B, T)
     y = torch.randint(0, config.vocab_size, (8, config.block_size))  # (B, T)
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-                  for name, m in models.items()}
+    optimizers = {"ours": torch.optim.AdamW(models["ours"].parameters(), lr=1e-4, betas=(0.9, 0.95),
+                                            weight_decay=0.1, **runtime.adamw_options(torch.device("cpu"))),
+                  "nanoGPT": models["nanoGPT"].configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")}
 
     def step_ours():
         out = models["ours"](x, compute_logits=False, targets=y)

@@ -123,7 +123,7 @@ def test_peers_on_two_processes_match_one(tmp_path, data_dir, name):  # noqa: F8
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (run, a["step"], key)
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3), (run, a["step"])
         last = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()][-1]
-        assert last[val_key] == pytest.approx(val, rel=1e-5)
+        assert last[val_key] == pytest.approx(val, rel=1e-5, abs=1e-6)  # as the training losses
         for key, value in weights(tmp_path / "one").items():
             # AdamW's first steps are about lr * sign(g): a reassociated gradient near 0 moves a weight by ~1e-6
             torch.testing.assert_close(weights(tmp_path / run)[key], value, rtol=1e-5, atol=5e-6, msg=(run, key))

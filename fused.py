@@ -1,0 +1,102 @@
+"""fused.py: the block's elementwise chains (RoPE, RMSNorm, SwiGLU) as autograd Functions, for eager float32.
+
+Eager PyTorch runs each elementwise op of a chain as its own pass over memory, and autograd's backward of a
+chain adds more: the concatenation behind every `chunk`, negations, a full-size division for a mean. On CPU
+these passes are what the `small` preset's blocks spend beyond their matmuls. Each Function here does the
+same arithmetic as autograd's graph of model.py's plain formula, in the same order, so its outputs and the
+gradients it returns are equal bit for bit (tests/test_fused.py), but it writes results in place or into
+slices of one output and skips the work autograd cannot skip:
+
+* rope: the two halves are written into one output (no `cat`), and the backward rotates the gradient by
+  the opposite angle directly (no `neg`, no `cat`);
+* rms_norm: the backward scales x once by the per-row factor that autograd spreads over four full-size ops
+  (the mean's expand-and-divide, pow(x, 1), the doubling and their product);
+* swiglu: the backward writes d_gate and d_up into the two halves of one gradient (no `cat`).
+
+A whole model with rope and swiglu trains to the same bits as without. rms_norm returns its input's gradient
+as one tensor where autograd adds two terms to the residual stream's gradient one at a time, so there the
+sums round differently (a few float32 ulps; tested with a tolerance).
+
+Used only where they are the same numbers and a gain (`enabled`): eager, float32, no autocast. Under
+torch.compile the plain formulas stay, since inductor fuses those itself; in bf16 F.rms_norm computes in
+float32 internally, which these do not copy.
+Imports only torch.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether the Functions below may replace the plain formulas for input x (see the module docstring)."""
+    return (x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+            and not torch.compiler.is_compiling())
+
+
+class RoPE(torch.autograd.Function):
+    """out = (x1 cos - x2 sin, x1 sin + x2 cos) for the halves x1, x2 of x (..., hd), cos/sin (T, hd / 2)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        x1, x2 = x.chunk(2, dim=-1)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, like autograd's cat
+        out1, out2 = out.chunk(2, dim=-1)
+        torch.mul(x1, cos, out=out1).sub_(x2 * sin)
+        torch.mul(x1, sin, out=out2).add_(x2 * cos)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        g1, g2 = grad.chunk(2, dim=-1)
+        dx = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        dx1, dx2 = dx.chunk(2, dim=-1)
+        torch.mul(g1, cos, out=dx1).add_(g2 * sin)  # autograd: g1 cos + g2 sin, summed in either order
+        torch.mul(g2, cos, out=dx2).sub_(g1 * sin)  # autograd: (-g1) sin + g2 cos, the same bits
+        return dx, None, None
+
+
+class RMSNorm(torch.autograd.Function):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim, as F.rms_norm's composite computes it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()  # (..., 1)
+        normed = x * rstd
+        ctx.save_for_backward(x, weight, rstd, normed)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd, normed = ctx.saved_tensors
+        grad_weight = (grad * normed).sum(tuple(range(grad.dim() - 1)))
+        grad_normed = grad * weight
+        grad_rstd = (grad_normed * x).sum(-1, keepdim=True)  # (..., 1)
+        # autograd: d mean(x^2) = -0.5 grad_rstd rstd^3, spread as (that / d) * (2 x) over x; the factor 2 is
+        # exact in floating point, so folding it into the per-row factor changes no bit
+        row_factor = (grad_rstd * -0.5 * rstd.pow(3)) / x.shape[-1] * 2.0  # (..., 1)
+        grad_x = grad_normed * rstd
+        grad_x += x * row_factor
+        return grad_x, grad_weight, None
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(gate) * up for gate_up = [gate | up] (..., 2 h) -> (..., h)."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        activated = F.silu(gate)
+        ctx.save_for_backward(gate_up, activated)
+        return activated * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate_up, activated = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_gate_up = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        torch.mul(grad, activated, out=grad_up)
+        return grad_gate_up

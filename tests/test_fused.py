@@ -1,0 +1,104 @@
+"""Tests for fused.py: each Function against the plain formula it replaces, and a whole model with and without
+them. The claim is bit-for-bit equality (the same float32 operations in the same order), so the comparisons
+are torch.equal, not a tolerance: one reordered sum would break them."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fused
+import model as model_lib
+
+
+def outputs_and_grads(fn, *inputs):
+    """fn(*inputs) and the gradients of its inputs that require them, for one fixed random upstream grad."""
+    inputs = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    out = fn(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    return [out] + [t.grad for t in inputs if t.requires_grad]
+
+
+def assert_bitwise(plain, fast, *inputs):
+    for a, b in zip(outputs_and_grads(plain, *inputs), outputs_and_grads(fast, *inputs), strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def plain_rope(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def plain_swiglu(gate_up):
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def test_rope_equals_the_plain_rotation_bit_for_bit():
+    torch.manual_seed(0)
+    # a transposed view of a wider tensor, as q and k arrive from the joint qkv projection
+    x = torch.randn(2, 10, 6, 16)[..., :4, :].transpose(1, 2).requires_grad_()  # (B, H, T, hd), not contiguous
+    cos, sin = model_lib.rope_cos_sin(10, 16, 10000.0)
+    assert_bitwise(plain_rope, fused.RoPE.apply, x, cos, sin)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 32), (5, 48)])
+def test_rms_norm_equals_f_rms_norm_bit_for_bit(shape):
+    torch.manual_seed(0)
+    x = (3 * torch.randn(shape)).requires_grad_()
+    weight = torch.empty(shape[-1]).uniform_(0.5, 1.5).requires_grad_()
+    assert_bitwise(lambda x, w: F.rms_norm(x, (shape[-1],), w, 1e-6),
+                   lambda x, w: fused.RMSNorm.apply(x, w, 1e-6), x, weight)
+
+
+def test_swiglu_equals_silu_times_up_bit_for_bit():
+    torch.manual_seed(0)
+    gate_up = torch.randn(3, 7, 2 * 24).requires_grad_()
+    assert_bitwise(plain_swiglu, fused.SwiGLU.apply, gate_up)
+
+
+def model_loss_and_grads(**disable):
+    """A dense model's loss and every parameter's gradient; disable={"RoPE": True} runs that one plainly."""
+    config = dataclasses.replace(model_lib.get_preset("tiny-dense"), vocab_size=97)
+    torch.manual_seed(0)
+    model = model_lib.GPT(config)
+    with torch.no_grad():  # gains away from 1, so the norms' weight gradients matter
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    with pytest.MonkeyPatch.context() as patch:
+        plain = {"RoPE": plain_rope, "SwiGLU": plain_swiglu,
+                 "RMSNorm": lambda x, w, eps: F.rms_norm(x, (x.shape[-1],), w, eps)}
+        for name in disable:
+            patch.setattr(getattr(fused, name), "apply", plain[name])
+        if len(disable) == len(plain):
+            patch.setattr(fused, "enabled", lambda x: False)  # and the model's own plain path
+        out = model(idx, layers=(1,), targets=targets)
+        (out.ce_sum + out.layers[1].square().sum()).backward()
+    return [out.ce_sum] + [p.grad for p in model.parameters()]
+
+
+def test_a_model_with_fused_rope_and_swiglu_trains_to_the_same_bits():
+    fast = model_loss_and_grads(RMSNorm=True)
+    plain = model_loss_and_grads(RMSNorm=True, RoPE=True, SwiGLU=True)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+
+
+def test_a_model_with_all_three_matches_the_plain_path_to_float32_rounding():
+    """rms_norm's input gradient joins the residual stream's as one sum instead of two (module docstring):
+    the same three float32 terms added in another order, a few ulps (rtol 1e-5) on O(1) gradients."""
+    fast = model_loss_and_grads()
+    plain = model_loss_and_grads(RMSNorm=True, RoPE=True, SwiGLU=True)
+    assert torch.equal(fast[0], plain[0])  # the forward is bit for bit
+    for a, b in zip(fast[1:], plain[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_enabled_only_for_eager_float32_without_autocast():
+    x = torch.zeros(2, 3)
+    assert fused.enabled(x)
+    assert not fused.enabled(x.double()) and not fused.enabled(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.enabled(x)
