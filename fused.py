@@ -1,21 +1,17 @@
 """fused.py: the block's elementwise chains (RoPE, RMSNorm, SwiGLU) as autograd Functions, for eager float32.
 
 Eager PyTorch runs each elementwise op of a chain as its own pass over memory, and autograd's backward of a
-chain adds more: the concatenation behind every `chunk`, negations, a full-size division for a mean. On CPU
-these passes are what the `small` preset's blocks spend beyond their matmuls. Each Function here does the
-same arithmetic as autograd's graph of model.py's plain formula, in the same order, so its outputs and the
-gradients it returns are equal bit for bit (tests/test_fused.py), but it writes results in place or into
-slices of one output and skips the work autograd cannot skip:
+chain adds more: the concatenation behind every `chunk`, negations, and for RMSNorm ten full-size ops where a
+closed form needs four. On CPU these passes are what the `small` preset's blocks spend beyond their matmuls.
 
-* rope: the two halves are written into one output (no `cat`), and the backward rotates the gradient by
-  the opposite angle directly (no `neg`, no `cat`);
-* rms_norm: the backward scales x once by the per-row factor that autograd spreads over four full-size ops
-  (the mean's expand-and-divide, pow(x, 1), the doubling and their product);
-* swiglu: the backward writes d_gate and d_up into the two halves of one gradient (no `cat`).
+* rope: the two halves are written into one output (no `cat`), and the backward rotates the gradient by the
+  opposite angle directly (no `neg`, no `cat`);
+* swiglu: the backward writes d_gate and d_up into the two halves of one gradient (no `cat`);
+* rms_norm: the sum of squares as one dot product, and the backward in closed form.
 
-A whole model with rope and swiglu trains to the same bits as without. rms_norm returns its input's gradient
-as one tensor where autograd adds two terms to the residual stream's gradient one at a time, so there the
-sums round differently (a few float32 ulps; tested with a tolerance).
+rope and swiglu do autograd's arithmetic in autograd's order, so a model trains to the same bits with them as
+without (tests/test_fused.py). rms_norm computes the same function in another order: its outputs and gradients
+agree with F.rms_norm's to float32 rounding (a few ulps; tested with a tolerance), not bit for bit.
 
 Used only where they are the same numbers and a gain (`enabled`): eager, float32, no autocast. Under
 torch.compile the plain formulas stay, since inductor fuses those itself; in bf16 F.rms_norm computes in
@@ -58,27 +54,24 @@ class RoPE(torch.autograd.Function):
 
 
 class RMSNorm(torch.autograd.Function):
-    """x / sqrt(mean(x^2) + eps) * weight over the last dim, as F.rms_norm's composite computes it."""
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim. Not autograd's arithmetic (see the module docstring):
+    the squares are summed by one dot product, and the backward is the closed form
+    dx = rstd (gn - normed mean(gn normed)), gn = grad * weight, in four passes instead of ten."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        rstd = x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()  # (..., 1)
+        rstd = torch.linalg.vecdot(x, x).unsqueeze_(-1).div_(x.shape[-1]).add_(eps).rsqrt_()  # (..., 1)
         normed = x * rstd
-        ctx.save_for_backward(x, weight, rstd, normed)
+        ctx.save_for_backward(weight, rstd, normed)  # normed, not x: the same bytes as a fused kernel keeps
         return normed * weight
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, rstd, normed = ctx.saved_tensors
+        weight, rstd, normed = ctx.saved_tensors
         grad_weight = (grad * normed).sum(tuple(range(grad.dim() - 1)))
-        grad_normed = grad * weight
-        grad_rstd = (grad_normed * x).sum(-1, keepdim=True)  # (..., 1)
-        # autograd: d mean(x^2) = -0.5 grad_rstd rstd^3, spread as (that / d) * (2 x) over x; the factor 2 is
-        # exact in floating point, so folding it into the per-row factor changes no bit
-        row_factor = (grad_rstd * -0.5 * rstd.pow(3)) / x.shape[-1] * 2.0  # (..., 1)
-        grad_x = grad_normed * rstd
-        grad_x += x * row_factor
-        return grad_x, grad_weight, None
+        grad_x = grad * weight  # gn
+        minus_mean = torch.linalg.vecdot(grad_x, normed).unsqueeze_(-1).div_(-normed.shape[-1])  # (..., 1)
+        return grad_x.addcmul_(normed, minus_mean).mul_(rstd), grad_weight, None
 
 
 class SwiGLU(torch.autograd.Function):

@@ -78,8 +78,9 @@ def block_activation_bytes(mcfg: model.GPTConfig, i: int, tokens: int, compute_b
                                   probabilities (E) and three int64 index vectors (K)
     so a dense block keeps tokens x [c (4 d + 3 (H + H_kv) hd + 4 d_ff) + 4 (2 + H)] bytes, and a MoE block
     c (4 d + 3 (H + H_kv) hd + 3 K d + 4 K d_e + 4 S) + 4 (2 + H + E) + 24 K. This is CUDA's count (fused
-    RMSNorm, flash attention's (B, T, H, hd) output); on CPU the composite RMSNorm also keeps its normalised
-    input and SDPA's output is copied before the projection: 3 d more per token (tests check both)."""
+    RMSNorm, flash attention's (B, T, H, hd) output); on CPU SDPA's output is copied before the projection:
+    d more per token (tests check both; fused.RMSNorm keeps its normalised input instead of the input, the
+    same bytes)."""
     c, d = mcfg, mcfg.d_model
     per_token = 4 * d + 3 * (c.n_head + c.kv_heads) * c.head_size
     small = 4 * (2 + c.n_head)  # fp32 rstd of both norms, fp32 logsumexp per head

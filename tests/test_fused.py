@@ -1,6 +1,7 @@
 """Tests for fused.py: each Function against the plain formula it replaces, and a whole model with and without
-them. The claim is bit-for-bit equality (the same float32 operations in the same order), so the comparisons
-are torch.equal, not a tolerance: one reordered sum would break them."""
+them. For rope and swiglu the claim is bit-for-bit equality (the same float32 operations in the same order), so
+those comparisons are torch.equal, not a tolerance: one reordered sum would break them. rms_norm reorders its
+sums on purpose and is compared with a float32 tolerance."""
 
 import dataclasses
 
@@ -44,12 +45,16 @@ def test_rope_equals_the_plain_rotation_bit_for_bit():
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 32), (5, 48)])
-def test_rms_norm_equals_f_rms_norm_bit_for_bit(shape):
+def test_rms_norm_matches_f_rms_norm_to_float32_rounding(shape):
+    """Another summation order of the same O(1) quantities: a few float32 ulps (rtol 1e-5), while a wrong
+    term in the closed-form backward would be off by O(1)."""
     torch.manual_seed(0)
     x = (3 * torch.randn(shape)).requires_grad_()
     weight = torch.empty(shape[-1]).uniform_(0.5, 1.5).requires_grad_()
-    assert_bitwise(lambda x, w: F.rms_norm(x, (shape[-1],), w, 1e-6),
-                   lambda x, w: fused.RMSNorm.apply(x, w, 1e-6), x, weight)
+    plain = outputs_and_grads(lambda x, w: F.rms_norm(x, (shape[-1],), w, 1e-6), x, weight)
+    fast = outputs_and_grads(lambda x, w: fused.RMSNorm.apply(x, w, 1e-6), x, weight)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_swiglu_equals_silu_times_up_bit_for_bit():
@@ -87,13 +92,12 @@ def test_a_model_with_fused_rope_and_swiglu_trains_to_the_same_bits():
 
 
 def test_a_model_with_all_three_matches_the_plain_path_to_float32_rounding():
-    """rms_norm's input gradient joins the residual stream's as one sum instead of two (module docstring):
-    the same three float32 terms added in another order, a few ulps (rtol 1e-5) on O(1) gradients."""
+    """rms_norm's rounding (module docstring) carried through two blocks: a few ulps of each tensor's largest
+    entry (1e-5 of it; float32's ulp is 1.2e-7 of a value), also where an entry is near 0."""
     fast = model_loss_and_grads()
     plain = model_loss_and_grads(RMSNorm=True, RoPE=True, SwiGLU=True)
-    assert torch.equal(fast[0], plain[0])  # the forward is bit for bit
-    for a, b in zip(fast[1:], plain[1:], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
 def test_enabled_only_for_eager_float32_without_autocast():
