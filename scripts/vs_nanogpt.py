@@ -3,6 +3,7 @@
     git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT          # nanoGPT is not part of this repo
     python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT                 # 16 interleaved rounds
     python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --parts         # + blocks, loss head and AdamW alone
+    python scripts/vs_nanogpt.py --fused                                # fused.py's Functions against autograd
 
 Our `small` preset (d 256, 6 blocks, 8 query / 4 KV heads, SwiGLU 768, RoPE, RMSNorm, vocab 50,304) against
 nanoGPT's GPT at the same width, depth, heads and vocabulary (GELU MLP 1024, learned positions, LayerNorm,
@@ -12,6 +13,8 @@ time over nanoGPT's (time.process_time: both threads). Each step uses its own re
 implementation train.py picks (runtime.adamw_options: fused on CPU), nanoGPT's from its configure_optimizers
 (fused only on CUDA, so torch's default on CPU).
 nanoGPT's model.py is loaded from the folder given, never copied. fp32, eager, batch 8 x 256.
+--fused needs no nanoGPT: our six blocks with and without fused.py, then each of its Functions (forward and
+backward at the blocks' shapes) against the plain formula it replaces, the same way.
 """
 
 import argparse
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fused  # noqa: E402
 import model as ours  # noqa: E402
 import runtime  # noqa: E402
 
@@ -53,25 +57,90 @@ def interleaved(pair: dict, rounds: int, warmup: int = 2) -> dict:
 
 
 def ratio_line(label, times) -> str:
-    ratios = [a / b for a, b in zip(times["ours"], times["nanoGPT"])]
+    """The first callable's median CPU time over the second's, as the median of per-round ratios."""
+    a, b = times
+    ratios = [x / y for x, y in zip(times[a], times[b])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
-    return (f"{label:<8} ours {1e3 * statistics.median(times['ours']):7.1f} ms, nanoGPT "
-            f"{1e3 * statistics.median(times['nanoGPT']):7.1f} ms CPU; ours/nanoGPT {statistics.median(ratios):.3f} "
-            f"(IQR {q1:.3f} .. {q3:.3f}, {len(ratios)} rounds)")
+    return (f"{label:<8} {a} {1e3 * statistics.median(times[a]):7.1f} ms, {b} {1e3 * statistics.median(times[b]):7.1f}"
+            f" ms CPU; {a}/{b} {statistics.median(ratios):.3f} (IQR {q1:.3f} .. {q3:.3f}, {len(ratios)} rounds)")
+
+
+def backward_of(fn, *inputs, calls: int = 1):
+    """A callable running fn(*inputs) forward and backward `calls` times (inputs: leaves that require grad)."""
+    grad = torch.randn_like(fn(*inputs))
+
+    def run():
+        for _ in range(calls):
+            fn(*inputs).backward(grad)
+    return run
+
+
+def fused_parts(config, rounds) -> None:
+    """Our blocks with and without fused.py, then each Function against its plain formula, called as many times
+    as one training step calls it (RoPE on q and on k in every block, two norms a block and the final one)."""
+    torch.manual_seed(0)
+    model = ours.GPT(config)
+    B, T, d, hd = 8, config.block_size, config.d_model, config.head_size
+    cos, sin = ours.rope_cos_sin(T, hd, config.rope_theta)
+    h = torch.randn(B, T, d, requires_grad=True)
+
+    def blocks(x):
+        for block in model.blocks:
+            x, _ = block(x, cos, sin)
+        return x
+
+    def blocks_plain(x):
+        enabled, fused.enabled = fused.enabled, lambda x: False
+        try:
+            return blocks(x)
+        finally:
+            fused.enabled = enabled
+
+    qk = torch.randn(B, T, config.n_head + config.kv_heads, hd).transpose(1, 2).requires_grad_()  # (B, H, T, hd)
+    weight = torch.ones(d, requires_grad=True)
+    gate_up = torch.randn(B, T, 2 * config.d_ff, requires_grad=True)
+
+    def rope_plain(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+    def swiglu_plain(gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
+
+    L = config.n_layer  # q and k together: the same elements as the two calls a block makes
+    parts = {"blocks": (backward_of(blocks, h), backward_of(blocks_plain, h)),
+             "rope": (backward_of(lambda x: fused.RoPE.apply(x, cos, sin), qk, calls=L),
+                      backward_of(rope_plain, qk, calls=L)),
+             "rms_norm": (backward_of(lambda x, w: fused.RMSNorm.apply(x, w, config.norm_eps), h, weight,
+                                      calls=2 * L + 1),
+                          backward_of(lambda x, w: torch.nn.functional.rms_norm(x, (d,), w, config.norm_eps),
+                                      h, weight, calls=2 * L + 1)),
+             "swiglu": (backward_of(fused.SwiGLU.apply, gate_up, calls=L), backward_of(swiglu_plain, gate_up, calls=L))}
+    for label, (fast, plain) in parts.items():
+        print(ratio_line(label, interleaved({"fused": fast, "plain": plain}, rounds)), flush=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (its model.py is loaded)")
+    parser.add_argument("--nanogpt", help="a nanoGPT checkout (its model.py is loaded)")
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--parts", action="store_true", help="also time the blocks, the loss head and AdamW")
+    parser.add_argument("--fused", action="store_true", help="only fused.py's Functions against autograd's")
     args = parser.parse_args(argv)
+    runtime.setup_device(torch.device("cpu"))  # the same CPU settings for every model
+    if args.fused:
+        fused_parts(ours.get_preset("small"), args.rounds)
+        return 0
+    if args.nanogpt is None:
+        print("vs_nanogpt.py: error: --nanogpt=DIR is required (a clone of https://github.com/karpathy/nanoGPT), "
+              "unless --fused", file=sys.stderr)
+        return 2
     try:
         nano = load_nanogpt(args.nanogpt)
     except FileNotFoundError as err:
         print(f"vs_nanogpt.py: error: {err}", file=sys.stderr)
         return 2
-    runtime.setup_device(torch.device("cpu"))  # the same CPU settings for both models
     torch.manual_seed(0)
     config = ours.get_preset("small")
     models = {"ours": ours.GPT(config),
