@@ -3,6 +3,7 @@
     git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT          # nanoGPT is not part of this repo
     python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT                 # 16 interleaved rounds
     python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --parts         # + blocks, loss head and AdamW alone
+    python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --profile       # + where the blocks' time goes, by op
     python scripts/vs_nanogpt.py --fused                                # fused.py's Functions against autograd
 
 Our `small` preset (d 256, 6 blocks, 8 query / 4 KV heads, SwiGLU 768, RoPE, RMSNorm, vocab 50,304) against
@@ -75,6 +76,40 @@ def backward_of(fn, *inputs, calls: int = 1):
     return run
 
 
+def without_fused(fn):
+    """fn with fused.py switched off while it runs: model.py then takes its plain formulas."""
+    def run(*args):
+        enabled, fused.enabled = fused.enabled, lambda x: False
+        try:
+            return fn(*args)
+        finally:
+            fused.enabled = enabled
+    return run
+
+
+def profile_table(runs: dict, iters: int = 6, top: int = 14) -> None:
+    """Self CPU time per op (torch.profiler; ms per call, the median over `iters` calls made in turn, so that a
+    slow spell of the machine hits every callable alike) for {name: callable}, side by side: the union of each
+    one's `top` most expensive ops."""
+    from torch.profiler import ProfilerActivity, profile
+    calls = {name: [] for name in runs}  # {name: [{op: ms}]}
+    for r in range(iters + 1):
+        for name, run in runs.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run()
+            ops = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+            ops["(total)"] = sum(ops.values())
+            if r > 0:  # the first round warms up
+                calls[name].append(ops)
+    per_op = {name: {op: statistics.median(c.get(op, 0.0) for c in calls[name]) for op in calls[name][0]}
+              for name in runs}
+    ranked = {name: sorted(ops, key=lambda op: -ops[op]) for name, ops in per_op.items()}
+    keys = list(dict.fromkeys(op for name in runs for op in ranked[name][:top]))
+    print(f"{'op (self CPU ms per call)':<44}" + "".join(f"{name:>14}" for name in runs))
+    for key in keys:
+        print(f"{key[:44]:<44}" + "".join(f"{per_op[name].get(key, 0.0):14.1f}" for name in runs))
+
+
 def fused_parts(config, rounds) -> None:
     """Our blocks with and without fused.py, then each Function against its plain formula, called as many times
     as one training step calls it (RoPE on q and on k in every block, two norms a block and the final one)."""
@@ -89,13 +124,6 @@ def fused_parts(config, rounds) -> None:
             x, _ = block(x, cos, sin)
         return x
 
-    def blocks_plain(x):
-        enabled, fused.enabled = fused.enabled, lambda x: False
-        try:
-            return blocks(x)
-        finally:
-            fused.enabled = enabled
-
     qk = torch.randn(B, T, config.n_head + config.kv_heads, hd).transpose(1, 2).requires_grad_()  # (B, H, T, hd)
     weight = torch.ones(d, requires_grad=True)
     gate_up = torch.randn(B, T, 2 * config.d_ff, requires_grad=True)
@@ -109,7 +137,7 @@ def fused_parts(config, rounds) -> None:
         return torch.nn.functional.silu(gate) * up
 
     L = config.n_layer  # q and k together: the same elements as the two calls a block makes
-    parts = {"blocks": (backward_of(blocks, h), backward_of(blocks_plain, h)),
+    parts = {"blocks": (backward_of(blocks, h), backward_of(without_fused(blocks), h)),
              "rope": (backward_of(lambda x: fused.RoPE.apply(x, cos, sin), qk, calls=L),
                       backward_of(rope_plain, qk, calls=L)),
              "rms_norm": (backward_of(lambda x, w: fused.RMSNorm.apply(x, w, config.norm_eps), h, weight,
@@ -126,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nanogpt", help="a nanoGPT checkout (its model.py is loaded)")
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--parts", action="store_true", help="also time the blocks, the loss head and AdamW")
+    parser.add_argument("--profile", action="store_true", help="also profile the blocks by op (ours with and "
+                        "without fused.py, nanoGPT's)")
     parser.add_argument("--fused", action="store_true", help="only fused.py's Functions against autograd's")
     args = parser.parse_args(argv)
     runtime.setup_device(torch.device("cpu"))  # the same CPU settings for every model
@@ -168,7 +198,7 @@ def main(argv=None) -> int:
         optimizers["nanoGPT"].zero_grad(set_to_none=True)
 
     print(ratio_line("step", interleaved({"ours": step_ours, "nanoGPT": step_nano}, args.rounds)), flush=True)
-    if not args.parts:
+    if not (args.parts or args.profile):
         return 0
     h = torch.randn(8, config.block_size, config.d_model, requires_grad=True)  # (B, T, d)
     grad = torch.randn_like(h)
@@ -198,8 +228,11 @@ def main(argv=None) -> int:
             p.grad = torch.randn_like(p) * 1e-3
     parts = {"blocks": (blocks_ours, blocks_nano), "head": (head_ours, head_nano),
              "AdamW": (optimizers["ours"].step, optimizers["nanoGPT"].step)}
-    for label, (a, b) in parts.items():
+    for label, (a, b) in parts.items() if args.parts else ():
         print(ratio_line(label, interleaved({"ours": a, "nanoGPT": b}, args.rounds)), flush=True)
+    if args.profile:
+        print("the six blocks, forward and backward:")
+        profile_table({"ours": blocks_ours, "ours plain": without_fused(blocks_ours), "nanoGPT": blocks_nano})
     return 0
 
 
