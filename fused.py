@@ -1,8 +1,8 @@
 """fused.py: the block's elementwise chains (RoPE, RMSNorm, SwiGLU) as autograd Functions, for eager float32.
 
 Eager PyTorch runs each elementwise op of a chain as its own pass over memory, and autograd's backward of a
-chain adds more: the concatenation behind every `chunk`, negations, and for RMSNorm ten full-size ops where a
-closed form needs four. On CPU these passes are what the `small` preset's blocks spend beyond their matmuls.
+chain adds more: the concatenation behind every `chunk`, negations, and for RMSNorm nine full-size ops where a
+closed form needs four. On CPU these passes are what the `small` preset's blocks spend beyond matmuls and attention.
 
 * rope: the two halves are written into one output (no `cat`), and the backward rotates the gradient by the
   opposite angle directly (no `neg`, no `cat`);
@@ -56,7 +56,7 @@ class RoPE(torch.autograd.Function):
 class RMSNorm(torch.autograd.Function):
     """x / sqrt(mean(x^2) + eps) * weight over the last dim. Not autograd's arithmetic (see the module docstring):
     the squares are summed by one dot product, and the backward is the closed form
-    dx = rstd (gn - normed mean(gn normed)), gn = grad * weight, in four passes instead of ten."""
+    dx = rstd (gn - normed mean(gn normed)), gn = grad * weight, in four full-size passes instead of nine."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
