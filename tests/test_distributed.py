@@ -58,7 +58,9 @@ def test_two_processes_and_accumulation_train_on_the_same_global_batch(tmp_path,
             for key in ("loss_ntp", "loss_nitp", "grad_norm"):
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (name, a["step"], key)
         for key, value in weights(tmp_path / "one").items():
-            torch.testing.assert_close(weights(tmp_path / name)[key], value, rtol=1e-5, atol=1e-6, msg=(name, key))
+            # AdamW's steps are about lr * sign(g) (lr 1e-2 here): a reassociated gradient near 0 moves a weight
+            # by a few 1e-6 after 5 steps (4.3e-6 measured), where a wrong gradient would move it by ~lr
+            torch.testing.assert_close(weights(tmp_path / name)[key], value, rtol=1e-5, atol=5e-6, msg=(name, key))
     config = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
     assert config["world_size"] == 2 and config["grad_accum"] == 1 and config["train_config"]["batch_size"] == 2
 
