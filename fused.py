@@ -13,7 +13,7 @@ rope and swiglu do autograd's arithmetic in autograd's order, so a model trains 
 without (tests/test_fused.py). rms_norm computes the same function in another order: its outputs and gradients
 agree with F.rms_norm's to float32 rounding (a few ulps; tested with a tolerance), not bit for bit.
 
-Used only where they are the same numbers and a gain (`enabled`): eager, float32, no autocast. Under
+Used only where they are a gain and what they claim above holds (`enabled`): eager, float32, no autocast. Under
 torch.compile the plain formulas stay, since inductor fuses those itself; in bf16 F.rms_norm computes in
 float32 internally, which these do not copy.
 Imports only torch.
@@ -68,7 +68,7 @@ class RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, rstd, normed = ctx.saved_tensors
-        grad_weight = (grad * normed).sum(tuple(range(grad.dim() - 1)))
+        grad_weight = (grad * normed).reshape(-1, normed.shape[-1]).sum(0)  # (d,), for any leading dims
         grad_x = grad * weight  # gn
         minus_mean = torch.linalg.vecdot(grad_x, normed).unsqueeze_(-1).div_(-normed.shape[-1])  # (..., 1)
         return grad_x.addcmul_(normed, minus_mean).mul_(rstd), grad_weight, None

@@ -44,7 +44,7 @@ def test_rope_equals_the_plain_rotation_bit_for_bit():
     assert_bitwise(plain_rope, fused.RoPE.apply, x, cos, sin)
 
 
-@pytest.mark.parametrize("shape", [(3, 7, 32), (5, 48)])
+@pytest.mark.parametrize("shape", [(3, 7, 32), (5, 48), (48,)])
 def test_rms_norm_matches_f_rms_norm_to_float32_rounding(shape):
     """Another summation order of the same O(1) quantities: a few float32 ulps (rtol 1e-5), while a wrong
     term in the closed-form backward would be off by O(1)."""
