@@ -87,3 +87,24 @@ def test_parse_flags_types_and_errors():
                         (["steps=1"], "expected --key=value")]:
         with pytest.raises(ValueError, match=match):
             runtime.parse_flags(argv, Example, "prog")
+
+
+def test_adamw_options_pick_the_fused_kernel_on_cpu_with_the_loop_s_results():
+    """Fused on CPU, foreach on CUDA; the fused kernel follows the default loop to float32 rounding (rtol 1e-6:
+    the same update in another order, over 5 steps), while a wrong option (say, no weight decay) is off by
+    lr * wd * w = 1e-3 relative."""
+    assert runtime.adamw_options(torch.device("cpu")) == {"fused": True}
+    assert runtime.adamw_options(torch.device("cuda", 0)) == {"foreach": True}
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 4), torch.randn(4)]
+    results = []
+    for options in ({}, runtime.adamw_options(torch.device("cpu"))):
+        params = [w.clone().requires_grad_() for w in weights]
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, **options)
+        for step in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            optimizer.step()
+        results.append(params)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
