@@ -158,19 +158,20 @@ def main(argv=None) -> int:
                         "without fused.py, nanoGPT's)")
     parser.add_argument("--fused", action="store_true", help="only fused.py's Functions against autograd's")
     args = parser.parse_args(argv)
-    runtime.setup_device(torch.device("cpu"))  # the same CPU settings for every model
-    if args.fused:
-        fused_parts(ours.get_preset("small"), args.rounds)
-        return 0
-    if args.nanogpt is None:
+    if args.nanogpt is None and not args.fused:
         print("vs_nanogpt.py: error: --nanogpt=DIR is required (a clone of https://github.com/karpathy/nanoGPT), "
               "unless --fused", file=sys.stderr)
         return 2
+    if args.fused:
+        runtime.setup_device(torch.device("cpu"))
+        fused_parts(ours.get_preset("small"), args.rounds)
+        return 0
     try:
         nano = load_nanogpt(args.nanogpt)
     except FileNotFoundError as err:
         print(f"vs_nanogpt.py: error: {err}", file=sys.stderr)
         return 2
+    runtime.setup_device(torch.device("cpu"))  # the same CPU settings for both models
     torch.manual_seed(0)
     config = ours.get_preset("small")
     models = {"ours": ours.GPT(config),
