@@ -19,14 +19,30 @@ float32 internally, which these do not copy.
 Imports only torch.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+
+_switched_off = False  # set only by disabled()
 
 
 def enabled(x: torch.Tensor) -> bool:
     """Whether the Functions below may replace the plain formulas for input x (see the module docstring)."""
-    return (x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+    return (not _switched_off and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling())
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within it, model.py takes its plain formulas everywhere: the reference the Functions are measured and
+    tested against. The autograd graph is built in the forward pass, so only the forward need run inside."""
+    global _switched_off
+    before, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = before
 
 
 class RoPE(torch.autograd.Function):

@@ -186,6 +186,14 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # (B, T, d)
 
 
+def silu_gate(gate_up):
+    """silu(gate) * up for gate_up = [gate | up] (..., 2 hidden) -> (..., hidden)."""
+    if fused.enabled(gate_up):
+        return fused.SwiGLU.apply(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)  # (..., hidden) each
+    return F.silu(gate) * up
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate x) * up x), no biases; gate and up share one matmul."""
 
@@ -195,11 +203,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x):
-        gate_up = self.gate_up(x)  # (..., 2 hidden)
-        if fused.enabled(gate_up):
-            return self.down(fused.SwiGLU.apply(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)  # (..., hidden) each
-        return self.down(F.silu(gate) * up)
+        return self.down(silu_gate(self.gate_up(x)))
 
 
 def run_experts_loop(x, counts, w_gate, w_up, w_down):

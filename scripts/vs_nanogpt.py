@@ -79,11 +79,8 @@ def backward_of(fn, *inputs, calls: int = 1):
 def without_fused(fn):
     """fn with fused.py switched off while it runs: model.py then takes its plain formulas."""
     def run(*args):
-        enabled, fused.enabled = fused.enabled, lambda x: False
-        try:
+        with fused.disabled():
             return fn(*args)
-        finally:
-            fused.enabled = enabled
     return run
 
 
@@ -125,27 +122,18 @@ def fused_parts(config, rounds) -> None:
         return x
 
     qk = torch.randn(B, T, config.n_head + config.kv_heads, hd).transpose(1, 2).requires_grad_()  # (B, H, T, hd)
-    weight = torch.ones(d, requires_grad=True)
     gate_up = torch.randn(B, T, 2 * config.d_ff, requires_grad=True)
 
-    def rope_plain(x):
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    norm = model.norm
 
-    def swiglu_plain(gate_up):
-        gate, up = gate_up.chunk(2, dim=-1)
-        return torch.nn.functional.silu(gate) * up
+    def rope(x):
+        return ours.apply_rope(x, cos, sin)
 
     L = config.n_layer  # q and k together: the same elements as the two calls a block makes
-    parts = {"blocks": (backward_of(blocks, h), backward_of(without_fused(blocks), h)),
-             "rope": (backward_of(lambda x: fused.RoPE.apply(x, cos, sin), qk, calls=L),
-                      backward_of(rope_plain, qk, calls=L)),
-             "rms_norm": (backward_of(lambda x, w: fused.RMSNorm.apply(x, w, config.norm_eps), h, weight,
-                                      calls=2 * L + 1),
-                          backward_of(lambda x, w: torch.nn.functional.rms_norm(x, (d,), w, config.norm_eps),
-                                      h, weight, calls=2 * L + 1)),
-             "swiglu": (backward_of(fused.SwiGLU.apply, gate_up, calls=L), backward_of(swiglu_plain, gate_up, calls=L))}
-    for label, (fast, plain) in parts.items():
+    parts = {"blocks": (blocks, (h,), 1), "rope": (rope, (qk,), L), "rms_norm": (norm, (h,), 2 * L + 1),
+             "swiglu": (ours.silu_gate, (gate_up,), L)}
+    for label, (fn, inputs, calls) in parts.items():
+        fast, plain = (backward_of(f, *inputs, calls=calls) for f in (fn, without_fused(fn)))
         print(ratio_line(label, interleaved({"fused": fast, "plain": plain}, rounds)), flush=True)
 
 

@@ -1,7 +1,7 @@
-"""Tests for fused.py: each Function against the plain formula it replaces, and a whole model with and without
-them. For rope and swiglu the claim is bit-for-bit equality (the same float32 operations in the same order), so
-those comparisons are torch.equal, not a tolerance: one reordered sum would break them. rms_norm reorders its
-sums on purpose and is compared with a float32 tolerance."""
+"""Tests for fused.py: each Function against the plain formula it replaces (model.py's own, under fused.disabled()),
+and a whole model with and without them. For rope and swiglu the claim is bit-for-bit equality (the same float32
+operations in the same order), so those comparisons are torch.equal, not a tolerance: one reordered sum would break
+them. rms_norm reorders its sums on purpose and is compared with a float32 tolerance."""
 
 import dataclasses
 
@@ -26,14 +26,12 @@ def assert_bitwise(plain, fast, *inputs):
         assert a.shape == b.shape and torch.equal(a, b)
 
 
-def plain_rope(x, cos, sin):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def plain_swiglu(gate_up):
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+def plain(fn):
+    """fn with fused.py switched off: model.py's plain formula."""
+    def run(*args):
+        with fused.disabled():
+            return fn(*args)
+    return run
 
 
 def test_rope_equals_the_plain_rotation_bit_for_bit():
@@ -41,7 +39,7 @@ def test_rope_equals_the_plain_rotation_bit_for_bit():
     # a transposed view of a wider tensor, as q and k arrive from the joint qkv projection
     x = torch.randn(2, 10, 6, 16)[..., :4, :].transpose(1, 2).requires_grad_()  # (B, H, T, hd), not contiguous
     cos, sin = model_lib.rope_cos_sin(10, 16, 10000.0)
-    assert_bitwise(plain_rope, fused.RoPE.apply, x, cos, sin)
+    assert_bitwise(plain(model_lib.apply_rope), fused.RoPE.apply, x, cos, sin)
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 32), (5, 48), (48,)])
@@ -60,11 +58,12 @@ def test_rms_norm_matches_f_rms_norm_to_float32_rounding(shape):
 def test_swiglu_equals_silu_times_up_bit_for_bit():
     torch.manual_seed(0)
     gate_up = torch.randn(3, 7, 2 * 24).requires_grad_()
-    assert_bitwise(plain_swiglu, fused.SwiGLU.apply, gate_up)
+    assert_bitwise(plain(model_lib.silu_gate), fused.SwiGLU.apply, gate_up)
 
 
-def model_loss_and_grads(**disable):
-    """A dense model's loss and every parameter's gradient; disable={"RoPE": True} runs that one plainly."""
+def model_loss_and_grads(*plain_parts):
+    """A dense model's loss and every parameter's gradient; plain_parts ("rope", "rms_norm", "silu_gate") run
+    with fused.py switched off, the others through it."""
     config = dataclasses.replace(model_lib.get_preset("tiny-dense"), vocab_size=97)
     torch.manual_seed(0)
     model = model_lib.GPT(config)
@@ -74,20 +73,19 @@ def model_loss_and_grads(**disable):
                 p.uniform_(0.5, 1.5)
     idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
     with pytest.MonkeyPatch.context() as patch:
-        plain = {"RoPE": plain_rope, "SwiGLU": plain_swiglu,
-                 "RMSNorm": lambda x, w, eps: F.rms_norm(x, (x.shape[-1],), w, eps)}
-        for name in disable:
-            patch.setattr(getattr(fused, name), "apply", plain[name])
-        if len(disable) == len(plain):
-            patch.setattr(fused, "enabled", lambda x: False)  # and the model's own plain path
+        where = {"rope": (model_lib, "apply_rope"), "rms_norm": (model_lib.RMSNorm, "forward"),
+                 "silu_gate": (model_lib, "silu_gate")}
+        for part in plain_parts:
+            owner, name = where[part]
+            patch.setattr(owner, name, plain(getattr(owner, name)))
         out = model(idx, layers=(1,), targets=targets)
         (out.ce_sum + out.layers[1].square().sum()).backward()
     return [out.ce_sum] + [p.grad for p in model.parameters()]
 
 
 def test_a_model_with_fused_rope_and_swiglu_trains_to_the_same_bits():
-    fast = model_loss_and_grads(RMSNorm=True)
-    plain = model_loss_and_grads(RMSNorm=True, RoPE=True, SwiGLU=True)
+    fast = model_loss_and_grads("rms_norm")
+    plain = model_loss_and_grads("rms_norm", "rope", "silu_gate")
     assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
 
 
@@ -95,14 +93,17 @@ def test_a_model_with_all_three_matches_the_plain_path_to_float32_rounding():
     """rms_norm's rounding (module docstring) carried through two blocks: a few ulps of each tensor's largest
     entry (1e-5 of it; float32's ulp is 1.2e-7 of a value), also where an entry is near 0."""
     fast = model_loss_and_grads()
-    plain = model_loss_and_grads(RMSNorm=True, RoPE=True, SwiGLU=True)
+    plain = model_loss_and_grads("rms_norm", "rope", "silu_gate")
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
-def test_enabled_only_for_eager_float32_without_autocast():
+def test_enabled_only_for_eager_float32_without_autocast_unless_disabled():
     x = torch.zeros(2, 3)
     assert fused.enabled(x)
     assert not fused.enabled(x.double()) and not fused.enabled(x.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused.enabled(x)
+    with fused.disabled():
+        assert not fused.enabled(x)
+    assert fused.enabled(x)
