@@ -22,11 +22,10 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
-import compact
+from support import compact, files, runtime
 import data
 import model as model_lib
-import runtime
-from objective import ObjectiveConfig, resolve_objective
+from support.objective import ObjectiveConfig, resolve_objective
 
 
 # ---------------------------------------------------------------------------- the fields
@@ -221,7 +220,7 @@ def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = Non
               if k not in RESUME_MAY_CHANGE + ("model_overrides", "data_dir") and theirs.get(k) != ours[k]]
     if meta.get("data_dir") != data_dir:
         diffs.append(f"data_dir: checkpoint {meta.get('data_dir')!r}, this run {data_dir!r}")
-    elif problem := compact.vocab_mismatch(data_meta or data.load_meta(data.from_repo(data_dir)), meta):
+    elif problem := compact.vocab_mismatch(data_meta or data.load_meta(files.from_repo(data_dir)), meta):
         diffs.append(f"data_dir {data_dir!r} was prepared again since: {problem} (prepare it as it was)")
     if diffs:
         raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)

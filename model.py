@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-import fused
+from support import fused
 
 
 # ---------------------------------------------------------------------------- config

@@ -38,18 +38,14 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-import checkpoint
+from support import checkpoint, files, flops, memory, runtime
 import data
-import files
-import flops
-import memory
 import model as model_lib
-import runtime
-from metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_AVG_COSINE, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key,
+from support.metrics import (AVG_COSINE, EFFECTIVE_RANK, TARGET_AVG_COSINE, TARGET_EFFECTIVE_RANK, VAL_LOSS, aux_loss_key,
                      avg_pairwise_cosine, effective_rank)
 from config import TrainConfig, check_out_dir, check_resumable, parse_config, resolve_config
-from objective import aux_flops_kwargs, aux_logit_heads, aux_pair_masks, aux_weight, balance_weight, build_projector
-from objective import aux_part_names, forward_terms, total_loss
+from support.objective import aux_flops_kwargs, aux_logit_heads, aux_pair_masks, aux_weight, balance_weight, build_projector
+from support.objective import aux_part_names, forward_terms, total_loss
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -279,7 +275,7 @@ def build_run(cfg, mcfg, rt) -> Run:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {cfg.out_dir}/{checkpoint.CHECKPOINTS}; drop "
                                     "--resume to start a new run")
         saved = checkpoint.read_meta(ckpt_dir)
-        notes = check_resumable(saved, cfg, mcfg, data.repo_relative(data_dir), meta)
+        notes = check_resumable(saved, cfg, mcfg, files.repo_relative(data_dir), meta)
         state = training_state(run)
         checkpoint.load(ckpt_dir, state)  # DCP reshards: the checkpoint may come from another world size
         set_state_dict(run.container, run.optimizer, model_state_dict=state["model"],
@@ -288,7 +284,7 @@ def build_run(cfg, mcfg, rt) -> Run:
         run.step = saved["step"]  # the samplers are pure functions of the step: this is the data position too
         if rt.master:
             kept = read_log_until(run.log_path, run.step)
-            resumed = {"kind": "resume", "step": run.step, "checkpoint": data.repo_relative(ckpt_dir),
+            resumed = {"kind": "resume", "step": run.step, "checkpoint": files.repo_relative(ckpt_dir),
                        "world_size": rt.world, "notes": notes}
             files.write_text_atomically(run.log_path, "".join(json.dumps(r) + "\n" for r in kept + [resumed]))
             for note in notes:
@@ -306,7 +302,7 @@ def save(run):
     checkpoint.save(run.cfg.out_dir, run.step, training_state(run), {
         "model_config": run.mcfg.to_dict(), "train_config": dataclasses.asdict(run.cfg),
         "tokenizer": run.meta.get("tokenizer", "gpt2"), "tokenizer_fingerprint": run.meta.get("tokenizer_fingerprint"),
-        "data_dir": data.repo_relative(run.data_dir), "world_size": run.rt.world}, rank=run.rt.rank)
+        "data_dir": files.repo_relative(run.data_dir), "world_size": run.rt.world}, rank=run.rt.rank)
 
 
 def my_slices(run):

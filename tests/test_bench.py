@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
-import bench
-import flops
-import objective
+from tools import bench
+from support import flops, objective
 import model as model_lib
 
 TINY = ["--device=cpu", "--rounds=3", "--warmup=1", "--layer_tokens=128"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-import checkpoint
+from support import checkpoint
 from model import GPT, get_preset
 
 VOCAB = 50304

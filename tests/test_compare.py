@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-import compare
+from tools import compare
 import train
 
 

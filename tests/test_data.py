@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import data
-import tokenizer
+from support import shakespeare, tokenizer
 
 
 @pytest.fixture
@@ -111,19 +111,19 @@ def test_clean_play_markdown_keeps_speech_and_names_drops_markup():
         "**FIRST WITCH**  ", "_\\[Aside]_  ", "When shall we  ", "three meet again\\--in thunder?", "",
         "**SECOND WITCH**  ", "[Within]_  ", "And _\\[Censorinus,]_ nobly named,  ", "he'll _\\[ ]_", "",
         "*Exeunt.*", ""])
-    title, text = data.clean_play_markdown(markdown)
+    title, text = shakespeare.clean_play_markdown(markdown)
     assert title == "A Play"
     assert text == ("A Play\n\nACT I\n\nSCENE I. A heath.\n\n"
                     "FIRST WITCH:\nWhen shall we\nthree meet again--in thunder?\n\n"
                     "SECOND WITCH:\nAnd Censorinus, nobly named,\nhe'll\n")
-    untitled = data.clean_play_markdown("## ACT I\n\n**A**\nHi.\n", "Measure for Measure")[1]
+    untitled = shakespeare.clean_play_markdown("## ACT I\n\n**A**\nHi.\n", "Measure for Measure")[1]
     assert untitled.startswith("Measure for Measure\n\nACT I")
 
 
 def test_shakespeare_plays():
-    plays = data.shakespeare_plays()
+    plays = shakespeare.shakespeare_plays()
     assert len(plays) == 38
-    assert {p["genre"] for p in plays} == set(data.GENRES.values())
+    assert {p["genre"] for p in plays} == set(shakespeare.GENRES.values())
     val = [p for p in plays if p["split"] == "val"]
     assert {p["title"] for p in val} == {"Twelfth Night", "Macbeth", "Henry V", "Julius Caesar", "The Tempest",
                                          "Measure for Measure"}
@@ -152,7 +152,7 @@ def test_prepare_shakespeare_default_dir(tmp_path, monkeypatch):
     assert 1.3e6 < len(train) + len(val) < 1.7e6
     assert 0.10 < len(val) / (len(train) + len(val)) < 0.20
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"]) == ("gpt2", 50257, 50256)
-    assert sorted(meta["val_documents"]) == sorted(p["title"] for p in data.shakespeare_plays() if p["split"] == "val")
+    assert sorted(meta["val_documents"]) == sorted(p["title"] for p in shakespeare.shakespeare_plays() if p["split"] == "val")
     assert len(meta["train_documents"]) == 32
     assert int((val == data.EOT).sum()) == 6 and int((train == data.EOT).sum()) == 32  # one EOT after each play
     assert val[-1] == train[-1] == data.EOT

@@ -15,13 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import compact
+from support import checkpoint, compact, files, shakespeare, tasks
 import config
 import data
 import eval as ev
 import model as model_lib
-import tasks
 from test_data_shards import wordlevel_json  # noqa: F401 (a fixture)
 from test_eval import tiny_config
 from test_tasks import FAKE_PLAYS
@@ -123,7 +121,7 @@ def test_tasks_encode_through_the_map(prepared, monkeypatch, tmp_path, capsys):
     text = FAKE_PLAYS[5]["text"]
     assert ids[tok.encode_ordinary(text)].tolist() == gpt2.encode_ordinary(text)
     assert ids[data.encode_with_meta(meta, text)].tolist() == gpt2.encode_ordinary(text)
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: FAKE_PLAYS)
     cfg = ev.EvalConfig(probe_window=16, probe_per_play=4, num_mc=8, mc_context_lines=3)
     probe_task, mc_task = tasks.build_tasks(cfg, "ignored: meta names the vocabulary", meta)
     reference = tasks.build_genre_task(FAKE_PLAYS, gpt2, window=16, per_play=4)
@@ -151,7 +149,7 @@ def write_run(run_dir: Path, data_dir, tokenizer: str, vocab_size: int) -> Path:
     torch.manual_seed(0)
     gpt = model_lib.GPT(tiny_config(vocab_size=vocab_size))
     ckpt = {"model_config": gpt.config.to_dict(), "train_config": {"objective": "ntp", "max_steps": 1},
-            "tokenizer": tokenizer, "data_dir": data.repo_relative(data_dir)}
+            "tokenizer": tokenizer, "data_dir": files.repo_relative(data_dir)}
     checkpoint.save(run_dir, 1, {"model": {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in gpt.state_dict().items()}},
                     ckpt)
     (run_dir / "log.jsonl").write_text(json.dumps({"kind": "config", "train_config": ckpt["train_config"]}) + "\n")
@@ -161,7 +159,7 @@ def write_run(run_dir: Path, data_dir, tokenizer: str, vocab_size: int) -> Path:
 def test_evaluation_of_a_compacted_run_scores_through_the_map(prepared, monkeypatch, tmp_path):
     meta = data.load_meta(prepared["compact"])
     run = write_run(tmp_path / "run", prepared["compact"], meta["tokenizer"], -(-meta["vocab_size"] // 64) * 64)
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: FAKE_PLAYS)
     cfg = ev.EvalConfig(max_tokens=100, num_pairs=200, probe_window=16, probe_per_play=4, num_mc=8, device="cpu")
     result = ev.evaluate_run(run, cfg)  # a GPT-2 id (up to 50,256) would be out of this model's range
     assert result["mc"]["n"] == 8 and result["probe"]["classes"] == ["comedy", "history", "tragedy"]
@@ -177,7 +175,7 @@ def test_a_model_is_refused_on_data_with_another_map(prepared, tmp_path, capsys)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
         assert err.startswith(f"eval.py: error: the model was trained on '{meta['tokenizer']}' tokens (a compacted ")
-        assert f"--data_dir={data.repo_relative(prepared['compact'])}" in err  # the fix: the data it was trained on
+        assert f"--data_dir={files.repo_relative(prepared['compact'])}" in err  # the fix: the data it was trained on
     # and the other way: a GPT-2 model on compacted data, whose ids it would read as GPT-2's
     with pytest.raises(ValueError, match=r"trained on 'gpt2' tokens, but the data holds 'gpt2\+compact:"):
         data.check_vocab(meta, 50304, {"tokenizer": "gpt2"})
@@ -191,7 +189,7 @@ def test_resume_is_refused_when_the_data_dir_was_compacted_again(prepared):
     cfg, mcfg = config.resolve_config(config.TrainConfig(preset="tiny-dense", seq_len=8))
     meta = data.load_meta(prepared["compact"])
     saved = {"train_config": dataclasses.asdict(cfg), "model_config": mcfg.to_dict(), "step": 1,
-             "data_dir": data.repo_relative(prepared["compact"]), "tokenizer": meta["tokenizer"]}
+             "data_dir": files.repo_relative(prepared["compact"]), "tokenizer": meta["tokenizer"]}
     assert config.check_resumable(saved, cfg, mcfg, saved["data_dir"]) == []  # read from the data dir itself
     with pytest.raises(ValueError, match=r"cannot resume.*was prepared again since: the model was trained on "
                                          r"'gpt2\+compact:.*but the data holds 'gpt2\+compact:"):
@@ -206,7 +204,7 @@ def test_default_preparation_is_unaffected(prepared, tmp_path, monkeypatch):
     assert data.text_tokenizer(meta) is data.get_tokenizer()
     default = tmp_path / "shakespeare"
     monkeypatch.setattr(data, "DEFAULT_DATA_DIR", str(default))
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: FAKE_PLAYS)
     # compaction of the default corpus goes next to the default directory, never into it
     assert data.main(["--compact_vocab=true"]) == str(default) + "-compact"
     assert not default.exists()
@@ -236,7 +234,7 @@ def test_train_and_eval_on_compacted_data_with_the_mini_compact_preset(prepared,
                        "--device=cpu"]) == 0
     saved = checkpoint.read_meta(checkpoint.latest(run))
     assert saved["tokenizer"] == meta["tokenizer"]  # the checkpoint carries the map's identity
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: FAKE_PLAYS)
     result = ev.evaluate_run(run, ev.EvalConfig(max_tokens=100, num_pairs=200, probe_window=16, probe_per_play=4,
                                                 num_mc=8, device="cpu"))
     assert result["mc"]["n"] == 8 and result["tokenizer"] == meta["tokenizer"]

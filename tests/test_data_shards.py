@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-import corpus
+from support import corpus, shakespeare, shards, tokenizer
 import data
-import shards
-import tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["First document.\nTwo lines.", "Unicode: caf\u00e9 \u00fcber \u6f22\u5b57 \U0001f600", "",
@@ -98,7 +96,7 @@ def bpe_json(tmp_path_factory):
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    hf.train_from_iterator(KEPT + [p["text"][:20_000] for p in data.shakespeare_plays()[:3]], trainer)
+    hf.train_from_iterator(KEPT + [p["text"][:20_000] for p in shakespeare.shakespeare_plays()[:3]], trainer)
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     hf.save(str(path))
     return path

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from support import checkpoint
 import train
 from test_train import data_dir, tiny_config  # noqa: F401 (data_dir is a fixture)
 

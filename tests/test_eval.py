@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from support import tokenizer as tokenizer_lib
+from support import checkpoint, files, report, shakespeare
 import data
 import eval as ev
 import model as model_lib
-import report
 from test_tasks import FAKE_PLAYS, CharTokenizer
 
 
@@ -42,7 +42,7 @@ def write_run(run_dir, objective, data_dir, seed=0, tokenizer="gpt2", steps=40, 
     repository (relative_data_dir=False: an absolute path, as older checkpoints hold)."""
     run_dir.mkdir(parents=True)
     gpt = tiny_model(seed)
-    stored_data_dir = data.repo_relative(data_dir) if relative_data_dir else str(data_dir)
+    stored_data_dir = files.repo_relative(data_dir) if relative_data_dir else str(data_dir)
     train_config = {"objective": objective, "max_steps": steps, "data_dir": stored_data_dir,
                     "target_layer": target_layer, "loss_type": "cosine"}
     checkpoint.save(run_dir, steps, {"model": {f"{checkpoint.MODEL_KEY}.{k}": v for k, v in gpt.state_dict().items()}},
@@ -160,8 +160,8 @@ def test_model_loglikelihood_is_exact_and_independent_of_batching():
 
 # ---------------------------------------------------------------------------- end to end
 def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(data, "get_tokenizer", CharTokenizer)
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    monkeypatch.setattr(tokenizer_lib, "get_tokenizer", CharTokenizer)
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: FAKE_PLAYS)
     runs = [write_run(tmp_path / "ntp", "ntp", data_dir, seed=0),
             write_run(tmp_path / "nitp", "nitp", data_dir, seed=1)]
     out = tmp_path / "report"
@@ -177,7 +177,7 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     # no absolute path of the machine: the held-out data and the run dirs are shown relative to the repository
     # (from the repo to pytest's tmp dir that is "../../tmp/...": the tmp path may only follow a "..")
     assert not re.search(r"(?<![\w.])" + re.escape(str(tmp_path)), text)
-    assert f"`{data.repo_relative(data_dir / 'val.bin')}`" in text and f"`{data.repo_relative(runs[1])}`" in text
+    assert f"`{files.repo_relative(data_dir / 'val.bin')}`" in text and f"`{files.repo_relative(runs[1])}`" in text
     metrics = json.loads((out / "nitp" / "metrics.json").read_text())
     assert metrics["objective"] == "nitp" and metrics["eval_tokens"] == 200 and metrics["mc"]["n"] == 8
     assert 1.0 <= metrics["effective_rank"] <= 32 and len(metrics["layers"]) == 4

@@ -14,9 +14,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import checkpoint  # noqa: E402
+from support import checkpoint  # noqa: E402
 import data  # noqa: E402
-import export  # noqa: E402
+from tools import export  # noqa: E402
 import model as model_lib  # noqa: E402
 import train  # noqa: E402
 from nitp_loss import NITPHead  # noqa: E402

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import compare
+from support import checkpoint, objective
+from tools import compare
 import eval as eval_lib
-import objective
 import train
 from test_train import data_dir  # noqa: F401 (a fixture)
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-import flops
-from flops import flops_per_token
+from support import flops
+from support.flops import flops_per_token
 from model import PRESETS, get_preset
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fused
+from support import fused
 import model as model_lib
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-import memory
+from support import memory
 import model as model_lib
 
 GIB = 2**30

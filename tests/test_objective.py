@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-import objective
+from support import objective
 from model import GPT, get_preset
 from nitp_loss import nitp_loss, pairwise_cosine_penalty
-from objective import ObjectiveConfig, aux_pair_masks, forward_terms, resolve_objective, total_loss
+from support.objective import ObjectiveConfig, aux_pair_masks, forward_terms, resolve_objective, total_loss
 
 EOT = 50256
 

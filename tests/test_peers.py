@@ -10,16 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
-import compare
-import export
-import memory
-import objective
-import peers
+from support import checkpoint, memory, objective, peers
+from tools import compare
+from tools import export
 import train
-from flops import flops_per_token
+from support.flops import flops_per_token
 from model import GPT, get_preset
-from objective import ObjectiveConfig, aux_pair_masks, forward_terms, resolve_objective, total_loss
+from support.objective import ObjectiveConfig, aux_pair_masks, forward_terms, resolve_objective, total_loss
 from test_train import assert_same_weights, data_dir, read_log, tiny_config  # noqa: F401 (data_dir is a fixture)
 
 EOT = 50256

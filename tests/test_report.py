@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 import data
-import metrics
-import report
+from support import files, metrics, report
 
 LAYER_NAMES = ["embedding", "block 1", "block 2", "final norm"]
 # the EvalConfig fields that write_report states: report.py takes any object that has them
@@ -33,7 +32,7 @@ def fake_result(name, objective, run_dir, group=None, seed=0, steps=30, scored=T
                         for s in range(0, steps, 5)],
                "train_aux": [[s, 0.3 + 0.5 * np.exp(-s / 5) + 0.05 * rng.random()] for s in range(steps)]
                if objective != "ntp" else []}
-    result = {"run_dir": data.repo_relative(run_dir), "name": name, "label": f"{name} ({objective})", "objective": objective,
+    result = {"run_dir": files.repo_relative(run_dir), "name": name, "label": f"{name} ({objective})", "objective": objective,
               "group": group or name, "step": steps, metrics.VAL_LOSS: 4.0, "val_loss_log": 4.25,
               metrics.EFFECTIVE_RANK: 12.0, "effective_rank_max": 15, metrics.AVG_COSINE: 0.3, "layers": layers,
               "history": history}
@@ -148,23 +147,23 @@ def test_report_rows_show_every_metric_and_dashes_for_what_did_not_run(tmp_path,
 
 
 def test_report_shows_paths_relative_to_the_repository_never_absolute(tmp_path, results):
-    inside = fake_result("in-repo", "ntp", data.REPO_DIR + "/out/in-repo")
+    inside = fake_result("in-repo", "ntp", files.REPO_DIR + "/out/in-repo")
     note = report.heldout_note(tmp_path / "data" / "val.bin", 200, 16, "gpt2", [tmp_path / "data"] * 3)
     text = report.write_report(results + [inside], tmp_path, CFG, note).read_text()
     # from the repo to pytest's tmp dir the relative path is "../../tmp/...": the tmp path may only follow a ".."
     assert not re.search(r"(?<![\w.])" + re.escape(str(tmp_path)), text)
-    assert not re.search(r"(?<![\w.])" + re.escape(data.REPO_DIR), text)
+    assert not re.search(r"(?<![\w.])" + re.escape(files.REPO_DIR), text)
     shown = re.findall(r"\| run dir \| `([^`]*)` \|", text)
     assert shown[-1] == "out/in-repo"
     runs = [tmp_path / "runs" / d for d in ("ntp", "seed0/nitp", "seed1/nitp")]
-    assert [os.path.normpath(data.from_repo(p)) for p in shown[:-1]] == [str(r) for r in runs]  # they lead back
-    assert f"`{data.repo_relative(tmp_path / 'data' / 'val.bin')}`" in text
+    assert [os.path.normpath(files.from_repo(p)) for p in shown[:-1]] == [str(r) for r in runs]  # they lead back
+    assert f"`{files.repo_relative(tmp_path / 'data' / 'val.bin')}`" in text
 
 
 def test_heldout_note_flags_runs_trained_on_different_data(tmp_path):
     same = report.heldout_note(tmp_path / "val.bin", 200, 16, "gpt2", [tmp_path / "a", tmp_path / "a"])
-    assert same == (f"Held-out tokens: the first 200 tokens of `{data.repo_relative(tmp_path / 'val.bin')}`, "
+    assert same == (f"Held-out tokens: the first 200 tokens of `{files.repo_relative(tmp_path / 'val.bin')}`, "
                     "in windows of 16 tokens, the same for every run (tokenizer gpt2).")
     different = report.heldout_note(tmp_path / "val.bin", 200, 16, "gpt2", [tmp_path / "a", tmp_path / "b", None])
     assert different.startswith(same) and "trained on different data" in different
-    assert f"{data.repo_relative(tmp_path / 'a')}, {data.repo_relative(tmp_path / 'b')}, unknown)" in different
+    assert f"{files.repo_relative(tmp_path / 'a')}, {files.repo_relative(tmp_path / 'b')}, unknown)" in different

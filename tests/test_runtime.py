@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import runtime
+from support import runtime
 import train
 
 

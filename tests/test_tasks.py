@@ -13,7 +13,8 @@ import pytest
 
 import data
 import eval as ev
-import tasks
+from support import tokenizer as tokenizer_lib
+from support import shakespeare, tasks
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -81,8 +82,8 @@ def test_probe_file_fraction_split_and_explicit_split(tmp_path):
 
 # ---------------------------------------------------------------------------- the tasks of an evaluation
 def test_build_tasks_builds_the_builtin_tasks_reads_user_files_and_skips_other_tokenizers(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "get_tokenizer", CharTokenizer)
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: FAKE_PLAYS)
+    monkeypatch.setattr(tokenizer_lib, "get_tokenizer", CharTokenizer)
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: FAKE_PLAYS)
     cfg = ev.EvalConfig(probe_window=16, probe_per_play=4, num_mc=8, mc_context_lines=3, seed=1)
     probe_task, mc_task = tasks.build_tasks(cfg)
     assert probe_task == tasks.build_genre_task(FAKE_PLAYS, CharTokenizer(), window=16, per_play=4)
@@ -92,7 +93,7 @@ def test_build_tasks_builds_the_builtin_tasks_reads_user_files_and_skips_other_t
     # a model with another tokenizer cannot be fed these texts: both tasks are skipped, whatever cfg asks
     assert tasks.build_tasks(cfg, "qwen2") == (None, None)
     # the user's files replace the built-in tasks, and the plays are then not read at all
-    monkeypatch.setattr(data, "shakespeare_plays", lambda: pytest.fail("plays read although both tasks are files"))
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: pytest.fail("plays read although both tasks are files"))
     probe_file, mc_file = tmp_path / "probe.jsonl", tmp_path / "mc.jsonl"
     probe_file.write_text('{"text": "abc", "label": "x", "split": "train"}\n'
                           '{"text": "de", "label": "y", "split": "val"}\n')
@@ -106,10 +107,10 @@ def test_build_tasks_builds_the_builtin_tasks_reads_user_files_and_skips_other_t
 # ---------------------------------------------------------------------------- the real plays
 @pytest.mark.slow
 def test_builtin_shakespeare_tasks_hold_out_whole_plays():
-    plays = data.shakespeare_plays()
+    plays = shakespeare.shakespeare_plays()
     task = tasks.build_genre_task(plays, data.get_tokenizer(), window=128, per_play=4)
     test_labels = {ex["label"] for ex in task if ex["split"] == "test"}
-    assert test_labels == {"comedy", "tragedy", "history"}  # data.VAL_PLAYS holds out one of each
+    assert test_labels == {"comedy", "tragedy", "history"}  # shakespeare.VAL_PLAYS holds out one of each
     assert {ex["label"] for ex in task if ex["split"] == "train"} == test_labels
     val_lines = {ln.strip() for p in plays if p["split"] == "val" for ln in p["text"].splitlines()}
     questions = tasks.build_next_line_task(plays, num_questions=50, seed=0)

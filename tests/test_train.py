@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from support import checkpoint
 import train
 
 EOT = 50256
@@ -349,7 +349,7 @@ def test_clip_grad_norm_ignores_zero_grads_exactly():
 
 
 def test_memory_plan_is_printed_and_a_plan_over_the_device_is_refused(tmp_path, data_dir, monkeypatch, capsys):
-    import memory
+    from support import memory
     train.train(tiny_config(tmp_path / "fits", data_dir, max_steps=1, eval_batches=0))
     assert "memory plan per rank (GiB)" in capsys.readouterr().out
     monkeypatch.setattr(memory, "device_memory", lambda device: 2**20)  # a 1 MiB "GPU"

@@ -1,4 +1,4 @@
-"""Tests for scripts/vs_nanogpt.py: its input errors and its --fused path on a tiny model (the timings
+"""Tests for tools/vs_nanogpt.py: its input errors and its --fused path on a tiny model (the timings
 themselves are figures for the README, never asserted)."""
 
 import dataclasses
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import vs_nanogpt  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from tools import vs_nanogpt  # noqa: E402
 
 import model as model_lib  # noqa: E402
 

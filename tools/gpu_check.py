@@ -1,8 +1,8 @@
-"""scripts/gpu_check.py: the GPU acceptance run, one command, about 5 minutes on one H100.
+"""tools/gpu_check.py: the GPU acceptance run, one command, about 5 minutes on one H100.
 
-    python scripts/gpu_check.py                    # every visible GPU; writes runs/gpu_check/report.json
-    python scripts/gpu_check.py --quick            # fewer steps and rounds (a smoke test)
-    python scripts/gpu_check.py --out_dir=DIR      # report.json and gpu_check.log (every command's output) in DIR
+    python tools/gpu_check.py                    # every visible GPU; writes runs/gpu_check/report.json
+    python tools/gpu_check.py --quick            # fewer steps and rounds (a smoke test)
+    python tools/gpu_check.py --out_dir=DIR      # report.json and gpu_check.log (every command's output) in DIR
 
 What a CPU machine cannot show, each step a separate process as a user would run it, most important first:
   1. train.py, 1 GPU, gpt2-124m with NITP on the embedded corpus, bf16 autocast, eager: final loss, tokens/s,
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     write_report(out, gpus, rows)
 
     rounds = "--rounds=10" if quick else "--rounds=20"
-    ok, seconds, text = run("bench", [python, "bench.py", "--preset=gpt2-124m", "--moe_preset=9bA1b", rounds,
+    ok, seconds, text = run("bench", [python, "tools/bench.py", "--preset=gpt2-124m", "--moe_preset=9bA1b", rounds,
                                       "--json"], 240, log)
     lines = [line for line in text.splitlines() if line.startswith("{")]  # stdout's JSON; stderr has progress
     bench = json.loads(lines[-1]) if ok and lines else {}

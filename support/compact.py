@@ -27,7 +27,7 @@ text (old ones included, which decode only "gpt2" data). A bump would also make 
 the main job's data/shakespeare, whose bytes must not move.
 
 Text <-> ids: `encode_with_meta(meta, text)` / `decode_with_meta(meta, ids)`, or the `CompactTokenizer` they use
-(encode_ordinary, decode, eot_token; eval.py and tasks.py take it through data.text_tokenizer). Tokens outside the
+(encode_ordinary, decode, eot_token; eval.py and tasks.py take it through text_tokenizer). Tokens outside the
 compacted vocabulary (text the corpus never contained) are an error, `UnknownTokenError`, naming them and their
 number: they never map to a fallback id, which would feed a model a token it never saw. tasks.py drops, and
 counts, the task items that contain such tokens.
@@ -41,14 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-import shards
-import tokenizer
+from support import files, shards, tokenizer
 
 KEY, IDS, ORIGINAL = "compact_vocab", "ids", "original"   # meta.json: meta[KEY] = {ORIGINAL: {...}, IDS: [...]}
 ORIGINAL_KEYS = ("tokenizer", "tokenizer_fingerprint", "vocab_size", "eot_token", "dtype")  # what compaction changes
 NAME_MARK = "+compact:"          # "gpt2+compact:0123456789ab": the name of a compacted vocabulary
 CHUNK = 1 << 24                  # tokens per read while counting and rewriting: memory stays at tens of MB
-REPO_DIR = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------------------- preparing
@@ -186,16 +184,17 @@ def base_tokenizer(meta: dict, gpt2=None):
     if name == "gpt2":
         return (gpt2 or tokenizer.get_tokenizer)()
     spec = before.get("tokenizer_spec", name)
-    tok = tokenizer.load_tokenizer(str(REPO_DIR / spec) if (REPO_DIR / spec).exists() else spec)
+    tok = tokenizer.load_tokenizer(files.from_repo(spec) if Path(files.from_repo(spec)).exists() else spec)
     if before.get("tokenizer_fingerprint") not in (None, tok.fingerprint):
         raise ValueError(f"the tokenizer {spec!r} is not the one the data was prepared with (its fingerprint "
                          f"differs); use the same tokenizer file")
     return tok
 
 
-def text_tokenizer(meta: dict, gpt2):
-    """Text <-> the ids of data `meta`, for eval.py's text tasks: GPT-2's tokenizer (`gpt2()`), through the map of
-    a compacted vocabulary; None for data of another tokenizer, whose text tasks tasks.build_tasks skips."""
+def text_tokenizer(meta: dict, gpt2=None):
+    """Text <-> the ids of data `meta`, for eval.py's text tasks: GPT-2's tokenizer (`gpt2()`, by default
+    tokenizer.get_tokenizer), through the map of a compacted vocabulary; None for data of another tokenizer, whose
+    text tasks tasks.build_tasks skips."""
     return meta_tokenizer(meta, gpt2) if original(meta).get("tokenizer", "gpt2") == "gpt2" else None
 
 

@@ -1,4 +1,5 @@
-"""files.py: writing a file so that a crash never leaves it torn: the one home of atomic writes.
+"""files.py: writing a file so that a crash never leaves it torn (the one home of atomic writes), and the
+repository-relative paths that checkpoints, logs and reports store.
 
 Checkpoints' meta.json, log.jsonl rewritten on resume, reports, compare.py's records and the token shards'
 meta.json and resume state all go through `write_text_atomically`. Standard library only, so that data
@@ -6,6 +7,19 @@ preparation (shards.py, run in worker processes) does not import torch. Nothing 
 """
 
 import os
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above support/
+
+
+def repo_relative(path) -> str:
+    """`path` relative to the repository, the form checkpoints, logs and reports store (never a machine's
+    absolute path); `from_repo` turns it back into a usable path."""
+    return os.path.relpath(os.path.abspath(path), REPO_DIR)
+
+
+def from_repo(path) -> str:
+    """A path stored by `repo_relative` (or an absolute one) as a path usable from any working directory."""
+    return os.path.join(REPO_DIR, path) if not os.path.isabs(path) else str(path)
 
 
 def write_text_atomically(path, text: str) -> None:

@@ -31,14 +31,15 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-import flops
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
+from support import flops, runtime
 import model as model_lib
-import runtime
 from nitp_loss import NITPHead, nitp_loss
-from objective import (ObjectiveConfig, aux_flops_kwargs, aux_pair_masks, aux_weight, balance_weight, build_projector,
+from support.objective import (ObjectiveConfig, aux_flops_kwargs, aux_pair_masks, aux_weight, balance_weight, build_projector,
                        forward_terms, resolve_objective, total_loss)
 
 OBJECTIVES = ("ntp", "nitp", "mtp", "nextlat")  # the training steps timed against each other

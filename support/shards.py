@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-import files
+from support import files
 
 SPLITS = ("train", "val")
 META, STATE = "meta.json", "prepare_state.json"

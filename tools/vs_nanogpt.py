@@ -1,10 +1,10 @@
-"""scripts/vs_nanogpt.py: our training step against nanoGPT's at the same shape, on CPU, in one process.
+"""tools/vs_nanogpt.py: our training step against nanoGPT's at the same shape, on CPU, in one process.
 
     git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT          # nanoGPT is not part of this repo
-    python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT                 # 16 interleaved rounds
-    python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --parts         # + blocks, loss head and AdamW alone
-    python scripts/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --profile       # + where the blocks' time goes, by op
-    python scripts/vs_nanogpt.py --fused                                # fused.py's Functions against autograd
+    python tools/vs_nanogpt.py --nanogpt=/tmp/nanoGPT                 # 16 interleaved rounds
+    python tools/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --parts         # + blocks, loss head and AdamW alone
+    python tools/vs_nanogpt.py --nanogpt=/tmp/nanoGPT --profile       # + where the blocks' time goes, by op
+    python tools/vs_nanogpt.py --fused                                # fused.py's Functions against autograd
 
 Our `small` preset (d 256, 6 blocks, 8 query / 4 KV heads, SwiGLU 768, RoPE, RMSNorm, vocab 50,304) against
 nanoGPT's GPT at the same width, depth, heads and vocabulary (GELU MLP 1024, learned positions, LayerNorm,
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fused  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
+from support import fused  # noqa: E402
 import model as ours  # noqa: E402
-import runtime  # noqa: E402
+from support import runtime  # noqa: E402
 
 
 def load_nanogpt(folder):

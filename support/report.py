@@ -15,11 +15,11 @@ cosine vs training step (the paper's Figure 1), the auxiliary loss curves (one p
 cosine, its MSE / Smooth-L1 / KL ablations, its peers' and the regulariser's), the effective rank by depth.
 Runs of one group (the seeds of one variant) share a colour, differ by dash pattern and share one legend
 entry. compare.py also draws plot_variants and plot_curves from its summary over seeds. Paths in report.md are
-relative to the repository (data.repo_relative), never a machine's absolute path, so a report can be
+relative to the repository (files.repo_relative), never a machine's absolute path, so a report can be
 committed or sent as it is.
 
 The only file that imports matplotlib, through its object API (Figure, no pyplot): no global backend switch,
-no display needed. Imports metrics.py (the result keys) and data.py (repo_relative), never eval.py.
+no display needed. Imports metrics.py (the result keys) and files.py (repo_relative), never eval.py.
 Nothing runs at import.
 """
 
@@ -33,9 +33,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch, no display
 
-import data
-import files
-import metrics
+
+from support import files, metrics
 
 
 # ---------------------------------------------------------------------------- figures
@@ -315,9 +314,9 @@ def write_all(results, out_dir, cfg, data_note: str) -> Path:
 def heldout_note(heldout_path, eval_tokens: int, seq_len: int, tokenizer_name: str, trained_on) -> str:
     """The report's paragraph on the held-out tokens; `trained_on`: each run's training data dir (None: unknown).
     Paths are shown relative to the repository."""
-    note = (f"Held-out tokens: the first {eval_tokens} tokens of `{data.repo_relative(heldout_path)}`, in windows "
+    note = (f"Held-out tokens: the first {eval_tokens} tokens of `{files.repo_relative(heldout_path)}`, in windows "
             f"of {seq_len} tokens, the same for every run (tokenizer {tokenizer_name}).")
-    shown = {data.repo_relative(d) if d else "unknown" for d in trained_on}
+    shown = {files.repo_relative(d) if d else "unknown" for d in trained_on}
     if len(shown) > 1:
         note += f" Note: the runs were trained on different data ({', '.join(sorted(shown))})."
     return note

@@ -4,19 +4,19 @@ eval.py scores every run on two tasks besides the geometry of its representation
   * a probe task, examples {"tokens", "label", "split": "train" | "test"}: passages whose frozen, mean-pooled
     representations a linear classifier learns to label. Built in: `build_genre_task`, passages of
     Shakespeare labelled comedy / tragedy / history, whole plays held out (the test passages come from
-    data.py's val plays only). A user's: `load_probe_file`, jsonl {"text", "label"[, "split"]};
+    shakespeare.py's held-out plays only). A user's: `load_probe_file`, jsonl {"text", "label"[, "split"]};
   * a multiple-choice task, questions {"context", "choices", "answer"}: the language model picks the choice it
     finds likeliest after the context. Built in: `build_next_line_task`, the true next line of a held-out play
     among lines of the same play. A user's: `load_mc_file`, jsonl {"context", "choices", "answer"}.
 `build_tasks` picks between them from eval.py's EvalConfig. A task here is only data (token ids and strings);
 running a model on it, the probe classifier and the multiple-choice scorer, is eval.py's. A malformed task file
 is an error that names the file and the line. On a compacted vocabulary (data.py --compact_vocab) the text is
-encoded through its map (data.text_tokenizer), so a model sees the ids it was trained on; an item whose text has
+encoded through its map (compact.text_tokenizer), so a model sees the ids it was trained on; an item whose text has
 a token that vocabulary lacks (its corpus never contained it) cannot be encoded: it is dropped (a play of the
 built-in probe, a line of a probe file, a question), and a note counts the dropped items.
 
-Imports numpy and data.py (the tokenizer and the plays), never eval.py, which imports this file. Nothing runs at
-import.
+Imports numpy, compact.py, tokenizer.py and shakespeare.py (the tokenizers and the plays), never eval.py or
+data.py. Nothing runs at import.
 """
 
 import json
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-import data
+from support import compact, shakespeare
+from support import tokenizer as tokenizer_lib
 
 
 # ---------------------------------------------------------------------------- task files
@@ -53,14 +54,14 @@ def _read_jsonl(path, required: dict) -> list[dict]:
 def _encodable(tokenizer, items: list, texts, what: str) -> list:
     """The items all of whose `texts(item)` the tokenizer encodes: every item, except on a compacted vocabulary,
     which lacks the tokens its corpus never used: an item with one is dropped, and counted in a note."""
-    if not isinstance(tokenizer, data.CompactTokenizer):
+    if not isinstance(tokenizer, compact.CompactTokenizer):
         return items
 
     def encodes(item) -> bool:
         try:
             for text in texts(item):
                 tokenizer.encode_ordinary(text)
-        except data.UnknownTokenError:
+        except compact.UnknownTokenError:
             return False
         return True
 
@@ -84,7 +85,7 @@ GENRE_MAP = {"comedy": "comedy", "comedies": "comedy", "tragedy": "tragedy", "tr
 def build_genre_task(plays, tokenizer, window=128, per_play=24) -> list[dict]:
     """Passages of `window` tokens, evenly spaced over each play, labelled by genre; split = the play's split.
 
-    Whole plays are held out: test passages come from data.py's val plays only.
+    Whole plays are held out: test passages come from shakespeare.py's held-out plays only.
     """
     examples = []
     for play in plays:
@@ -135,7 +136,7 @@ def build_next_line_task(plays, num_questions=200, context_lines=4, num_choices=
         candidates += [(lines, long_lines, i) for i in long_lines if i >= context_lines]
     if not candidates:
         raise ValueError("no held-out (split == 'val') play lines to build the multiple-choice task from; "
-                         "check data.shakespeare_plays()")
+                         "check shakespeare.shakespeare_plays()")
     questions = []
     for lines, long_lines, i in rng.sample(candidates, min(num_questions, len(candidates))):
         pool = list(dict.fromkeys(lines[j] for j in long_lines if lines[j] != lines[i]))
@@ -164,21 +165,21 @@ def build_tasks(cfg, tokenizer_name="gpt2", meta=None) -> tuple[list | None, lis
 
     `cfg` is eval.py's EvalConfig (anything with probe, probe_file, probe_window, probe_per_play,
     probe_test_fraction, mc, mc_file, num_mc, mc_context_lines and seed). `meta`, the held-out data's meta.json,
-    gives the ids (data.text_tokenizer: GPT-2's, through the map of a compacted vocabulary); without it, the
+    gives the ids (compact.text_tokenizer: GPT-2's, through the map of a compacted vocabulary); without it, the
     checkpoints' `tokenizer_name` does. None for a task switched off or left with no item, and for both when the
     data is not GPT-2 BPE (compacted or not): the tasks turn text into GPT-2's ids only (the geometry still works
     on val.bin).
     """
     if meta is not None:
-        tokenizer_name, tokenizer = meta.get("tokenizer", "gpt2"), data.text_tokenizer(meta)
+        tokenizer_name, tokenizer = meta.get("tokenizer", "gpt2"), compact.text_tokenizer(meta)
     else:
-        tokenizer = data.get_tokenizer() if tokenizer_name == "gpt2" else None
+        tokenizer = tokenizer_lib.get_tokenizer() if tokenizer_name == "gpt2" else None
     if tokenizer is None:
         if cfg.probe or cfg.mc:
             print(f"note: probe and multiple choice skipped: the checkpoints use tokenizer {tokenizer_name!r}, "
                   "not gpt2")
         return None, None
-    plays = data.shakespeare_plays() if (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file) else None
+    plays = shakespeare.shakespeare_plays() if (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file) else None
     probe_task = mc_task = None
     if cfg.probe:
         probe_task = (load_probe_file(cfg.probe_file, tokenizer, cfg.probe_window, cfg.probe_test_fraction, cfg.seed)

@@ -30,17 +30,12 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
+from support import checkpoint, files, flops, metrics, objective, report, runtime
 import eval as eval_lib
-import files
-import flops
-import metrics
 import model as model_lib
-import objective
-import report
-import runtime
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 
 # the paper's ablation table (docs/method.md, "Ablations and their flags") as train.py flags
 VARIANTS = {

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-import files
+from support import files
 import model as model_lib
 
 CHECKPOINTS = "checkpoints"     # the folder of a run's checkpoints, inside out_dir

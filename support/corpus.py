@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-import tokenizer
+from support import tokenizer
 
 TASK_BYTES = 4 << 20            # input per task: ~1M tokens, about a second of one worker's time
 MAX_FILES_PER_TASK = 256

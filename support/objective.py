@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-import peers
+from support import peers
 from nitp_loss import (HEAD_KINDS, LOSS_TYPES, NITPHead, nitp_loss_terms, nitp_pair_mask, pairwise_cosine_penalty_terms,
                        pairwise_pair_count)
 

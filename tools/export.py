@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
+from support import checkpoint
 import data
 import model as model_lib
 
