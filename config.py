@@ -1,6 +1,6 @@
 """config.py: a training run's configuration: TrainConfig, read from flags and files, resolved, checked.
 
-TrainConfig is objective.ObjectiveConfig (every switch of the paper's ablation table) plus the model,
+TrainConfig is ObjectiveConfig (every switch of the paper's ablation table, and the peers') plus the model,
 data, optimisation, evaluation and runtime fields. Every field, and every model.GPTConfig field, is a
 `--key=value` flag or a key of a `--config` file (TOML or JSON); flags win over the file, GPTConfig fields
 apply on top of --preset. Everything that can be checked before training is checked here, so a bad value
@@ -22,13 +22,38 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
-from support import compact, files, runtime
 import data
 import model as model_lib
-from support.objective import ObjectiveConfig, resolve_objective
-
+from nitp_loss import HEAD_KINDS, LOSS_TYPES
+from support import checkpoint, compact, files, memory, peers, runtime
 
 # ---------------------------------------------------------------------------- the fields
+OBJECTIVES, ATTACH = ("ntp", "nitp", "cosreg", "mtp", "nextlat"), ("post_norm", "pre_norm")
+
+
+@dataclass
+class ObjectiveConfig:
+    objective: str = "nitp"                 # ntp | nitp | cosreg | mtp | nextlat
+    nitp_weight: float | None = None        # lambda (also cosreg's weight); None: the preset's, else 1.0
+    target_layer: int | None = None         # 0 = embedding, k = after block k, -1 = last; None: the preset's
+    shift: int = 1                          # h_t predicts z_{t+shift}; 0 = the current-step ablation
+    loss_type: str = "cosine"               # cosine | mse | smooth_l1 | kl
+    stop_grad: bool = True                  # no gradient into the target
+    nitp_start_step: int = 0                # delayed start: before it the term is logged, not trained
+    projector: str = "swiglu"               # swiglu | linear | none
+    projector_hidden: int | None = None     # swiglu width; None: 4 * d_model
+    attach: str = "post_norm"               # h = final hidden after the final norm | pre_norm: after the last block
+    mask_doc_boundary: bool = False         # drop pairs that cross an <|endoftext|> (nitp_loss.document_pair_mask)
+    ce_chunk: int | None = None             # cross-entropy over chunks of this many positions, logits recomputed in
+                                            # the backward (model.cross_entropy_sum); 0: full logits; None: chunks
+                                            # on CUDA for vocabularies over 65,536, full logits otherwise
+    # the peers (peers.py; docs/method.md, "Peers: MTP and NextLat"); nitp_start_step delays their term too
+    mtp_depth: int = 1                      # D sequential MTP modules (DeepSeek-V3: 1)
+    mtp_weight: float = 0.3                 # MTP's lambda (DeepSeek-V3: 0.3, then 0.1 for the last 4.8T tokens)
+    nextlat_weight: float = 1.0             # NextLat's lambda on the smooth-L1 next-latent regression
+    nextlat_kl_weight: float = 1.0          # NextLat's lambda on the KL of the next-token distributions
+
+
 @dataclass
 class TrainConfig(ObjectiveConfig):
     """The objective's switches (ObjectiveConfig: objective, nitp_weight, target_layer, shift, loss_type,
@@ -65,6 +90,7 @@ class TrainConfig(ObjectiveConfig):
     compile: bool = False                   # torch.compile each block (before FSDP2 wraps it)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
+    fused_kernels: bool = True              # support/fused.py's eager float32 kernels; false: model.py's plain formulas
     peak_flops: float | None = None         # per device, for MFU; None: looked up from the GPU's name
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields from the CLI / the file
 
@@ -72,9 +98,9 @@ class TrainConfig(ObjectiveConfig):
 SCHEDULES, NONFINITE_POLICIES = ("wsd", "cosine"), ("stop", "skip")
 # what a resumed run may change: where and how it runs, how often it logs, evaluates and saves; anything
 # else changes the trajectory (max_steps may grow: continuing a run is common; see check_resumable)
-RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "ce_chunk", "eval_interval", "eval_batches", "log_interval",
-                     "ckpt_interval", "device", "compile", "activation_checkpointing", "cpu_malloc_tuning",
-                     "peak_flops", "on_nonfinite")
+RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "ce_chunk", "eval_interval", "eval_batches",
+                     "log_interval", "ckpt_interval", "device", "compile", "activation_checkpointing",
+                     "cpu_malloc_tuning", "fused_kernels", "peak_flops", "on_nonfinite")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -131,6 +157,29 @@ def parse_config(argv=None, doc=None) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------- checking
+def resolve_objective(cfg, mcfg):
+    """cfg (an ObjectiveConfig or a subclass) with target_layer and nitp_weight resolved for the model mcfg
+    (model.GPTConfig.nitp_defaults: the flag, else the preset's, else the rule of thumb); ValueError naming a
+    bad value and its fix."""
+    target, weight = mcfg.nitp_defaults(cfg.target_layer, cfg.nitp_weight)
+    cfg = dataclasses.replace(cfg, target_layer=target, nitp_weight=weight)
+    for ok, message in [
+        (cfg.objective in OBJECTIVES, f"objective={cfg.objective!r}; use one of {OBJECTIVES}"),
+        (0 <= target <= mcfg.n_layer, f"target_layer={target} is outside [0, n_layer={mcfg.n_layer}] (0 = embedding "
+                                      "output, k = after block k, -1 = after the last); pass --target_layer=K "
+                                      "in that range"),
+        (cfg.loss_type in LOSS_TYPES, f"loss_type={cfg.loss_type!r}; use one of {LOSS_TYPES}"),
+        (cfg.projector in HEAD_KINDS, f"projector={cfg.projector!r}; use one of {HEAD_KINDS}"),
+        (cfg.attach in ATTACH, f"attach={cfg.attach!r}; use one of {ATTACH}"),
+        (cfg.mtp_depth >= 1, f"mtp_depth={cfg.mtp_depth} must be >= 1 (DeepSeek-V3 uses 1)"),
+        (min(cfg.mtp_weight, cfg.nextlat_weight, cfg.nextlat_kl_weight) >= 0,
+         "mtp_weight, nextlat_weight and nextlat_kl_weight must be >= 0: a negative weight rewards the opposite"),
+    ]:
+        if not ok:
+            raise ValueError(message)
+    return cfg
+
+
 def resolve_config(cfg: TrainConfig):
     """(cfg with target_layer and nitp_weight filled in, the GPTConfig); ValueError naming a bad value."""
     overrides = dict(cfg.model_overrides)
@@ -179,6 +228,59 @@ def resolve_config(cfg: TrainConfig):
         if not ok:
             raise ValueError(message)
     return cfg, mcfg
+
+
+def batch_layout(cfg, mcfg, rt):
+    """cfg with the micro-batch size and the loss head's chunking filled in; the global batch must split evenly."""
+    if cfg.batch_size is None:  # the global batch in one micro-step per process: 8 x 256 alone, 4 x 256 on 2
+        cfg = dataclasses.replace(cfg, batch_size=max(1, cfg.global_batch_tokens // (cfg.seq_len * rt.world)))
+    if cfg.ce_chunk is None:  # chunks where full float32 logits dominate a GPU's memory; on CPU they cost time
+        large_vocab = rt.device.type == "cuda" and mcfg.vocab_size > 65536
+        cfg = dataclasses.replace(cfg, ce_chunk=memory.CE_CHUNK if large_vocab else 0)
+    micro_tokens = cfg.batch_size * cfg.seq_len
+    if cfg.global_batch_tokens % (micro_tokens * rt.world):
+        raise ValueError(f"global_batch_tokens={cfg.global_batch_tokens} is not a multiple of batch_size * seq_len "
+                         f"* world_size = {micro_tokens} * {rt.world}; change --global_batch_tokens or --batch_size")
+    return cfg
+
+
+def check_memory(cfg, mcfg, rt, projector_params: int):
+    """Print the per-rank memory plan (rank 0); on CUDA, refuse a plan that clearly exceeds the device."""
+    logit_heads = peers.logit_heads(cfg) if cfg.objective in peers.PEERS else 0
+    plan = memory.plan_memory(mcfg, rt.world, cfg.batch_size, cfg.seq_len, projector_params,
+                              2 if rt.device.type == "cuda" else 4, cfg.activation_checkpointing, cfg.ce_chunk,
+                              logit_heads)
+    device_bytes = memory.device_memory(rt.device)
+    if rt.master:
+        print(plan.table(device_bytes), flush=True)
+    if plan.exceeds(device_bytes):
+        raise ValueError(memory.advice(plan, device_bytes, rt.world, cfg.activation_checkpointing))
+    return plan
+
+
+def lock_out_dir(cfg, rt):
+    """This run alone in out_dir, before anything is printed or written: global rank 0 takes the folder's lock
+    (runtime.lock_folder) and holds it while the returned handle stays open; None on the other ranks."""
+    if not rt.master:
+        return None
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder; pass a folder path")
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        return runtime.lock_folder(cfg.out_dir)
+    except OSError as err:
+        raise ValueError(f"--out_dir={cfg.out_dir} is not writable ({err.strerror}); pick another folder") from None
+
+
+def check_fresh_out_dir(cfg, plan, rt):
+    """Room for one more checkpoint (the previous one stays until the new one is complete), and no other run's
+    checkpoints unless --resume continues them."""
+    if rt.master:
+        check_out_dir(cfg.out_dir, (plan.params + plan.optimizer) * rt.world)
+        if not cfg.resume and checkpoint.latest(cfg.out_dir) is not None:
+            raise ValueError(f"--out_dir={cfg.out_dir} already holds a run ({checkpoint.latest(cfg.out_dir)}); "
+                             "pass --resume=true to continue it, or another --out_dir to start a new one")
+    runtime.barrier(rt)
 
 
 def check_out_dir(out_dir, needed_bytes: int) -> None:

@@ -13,7 +13,9 @@ tokenizer.py the tokenizers; --compact_vocab=true (off by default) renumbers the
 model with --vocab_size=K, into DIR-compact (compact.py: the map in meta.json, text <-> ids, the refusals).
 Documents are tokenized by a pool of worker processes, in tasks whose order does not depend on their number, so
 any --workers gives the same bytes; a progress line shows tokens/s and the ETA; an interrupted preparation
-resumes from its last complete shard when the same command is rerun.
+resumes from its last complete shard when the same command is rerun. A preparation writes in DIR.preparing and
+moves its files into DIR only once it has succeeded, so a folder prepared before stays as it was (and readable)
+through a failure or a kill; bad input is one line on stderr and exit status 2.
 train.py reads the splits through `load_split` + `BatchSampler`; eval.py reads the val split and builds its
 genre probe and next-line multiple-choice task from the held-out plays (tasks.py).
 
@@ -42,10 +44,23 @@ import numpy as np
 from support import compact, corpus, files, shakespeare, shards
 from support.compact import CompactTokenizer, UnknownTokenError, decode_with_meta, encode_with_meta  # noqa: F401
 from support.corpus import is_val_document  # noqa: F401
+
 # the GPT-2 tokenizer's public names, which eval.py, tasks.py and export.py use as data.NAME
-from support.tokenizer import (EOT, GPT2_BPE_FILES, GPT2_VOCAB_SIZE, OFFLINE_TOKENIZER_FIX, _cache_path,  # noqa: F401
-                       get_tokenizer, gpt2_bpe_cached, install_offline_bpe, load_gpt2_tokenizer, load_tokenizer,
-                       offline_bpe_dir, tiktoken_cache_dir, verify_bpe_files)
+from support.tokenizer import (  # noqa: F401
+    EOT,
+    GPT2_BPE_FILES,
+    GPT2_VOCAB_SIZE,
+    OFFLINE_TOKENIZER_FIX,
+    _cache_path,
+    get_tokenizer,
+    gpt2_bpe_cached,
+    install_offline_bpe,
+    load_gpt2_tokenizer,
+    load_tokenizer,
+    offline_bpe_dir,
+    tiktoken_cache_dir,
+    verify_bpe_files,
+)
 
 DEFAULT_DATA_DIR = os.path.join(files.REPO_DIR, "data", "shakespeare")
 COMPACT_SUFFIX = "-compact"  # where --compact_vocab writes by default: DIR + this
@@ -79,12 +94,19 @@ def _sources(input, hf_dataset, hf_config, hf_split, text_key):
         return tasks, source, None, 0, hf_dataset.rstrip("/").split("/")[-1]
     paths = corpus.corpus_files(input)
     if not paths:
-        raise ValueError(f"no corpus files in {input}; give {corpus.FORMATS_HELP}")
+        raise ValueError(f"no corpus files in --input={','.join(corpus.input_entries(input))}; give "
+                         f"{corpus.FORMATS_HELP}")
     listing = [[files.repo_relative(f), f.stat().st_size, f.stat().st_mtime_ns] for f in paths]
     inputs = {"files": len(paths), "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
     name = Path(re.split(r"[*?\[]", corpus.input_entries(input)[0])[0].rstrip("/") or ".").resolve().stem
     source = {"num_inputs": len(paths), "inputs": [f for f, _, _ in listing[:MAX_LISTED_DOCUMENTS]]}
     return corpus.file_tasks(paths, text_key, corpus.TASK_BYTES), source, inputs, sum(x[1] for x in listing), name
+
+
+def _corpus_name(input, hf_dataset) -> str:
+    if hf_dataset is not None:
+        return f"--hf_dataset={hf_dataset}"
+    return f"--input={','.join(corpus.input_entries(input))}" if input is not None else "Shakespeare's plays"
 
 
 def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", workers=None,
@@ -93,7 +115,8 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
     """Tokenize a corpus into out_dir; no input: Shakespeare into DEFAULT_DATA_DIR. Returns out_dir.
 
     input: corpus.py's files, folders or globs; or hf_dataset (a Hugging Face dataset name, streamed).
-    Rerunning an interrupted call with the same arguments resumes it. `stats`, a dict, receives timings.
+    Rerunning an interrupted call with the same arguments resumes it. out_dir changes only once the preparation has
+    succeeded: it is written in shards.work_dir(out_dir), then moved in. `stats`, a dict, receives timings.
     compact_vocab: renumber the ids that occur (compact.py), by default into out_dir + "-compact".
     """
     start, stats = time.perf_counter(), stats if stats is not None else {}
@@ -129,23 +152,32 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
                 "task_bytes": corpus.TASK_BYTES, "max_documents": max_documents,
                 "source": {k: v for k, v in source.items() if k != "inputs"} if isinstance(source, dict) else source,
                 **({compact.KEY: True} if compact_vocab else {})}  # without it the settings are as they always were
+    if shards.recover(out_dir, settings, inputs):  # killed while moving its finished files in: nothing left to do
+        print(f"data.py: {out_dir}: the interrupted preparation had finished; its files are in place", flush=True)
+        return str(out_dir)
     writer = shards.Writer(out_dir, settings, inputs, tok.dtype, shard_tokens,
                            lambda index: is_val_document(index, val_fraction))
     tasks = iter(tasks)
-    done_bytes = sum(t.size for _, t in zip(range(writer.next_task), tasks))  # a resume skips the finished tasks
-    if writer.resumed:
-        print(f"data.py: {out_dir}: resuming an interrupted preparation at document {writer.next_index:,}", flush=True)
-    tokens, last_print = 0, time.perf_counter()
-    for result in corpus.run_tasks(tasks, tok, eot, text_key, workers or corpus.default_workers(), stats):
-        writer.add(result, max_documents)
-        tokens, done_bytes = tokens + int(result.lengths.sum()), done_bytes + result.size
-        if progress_every is not None and time.perf_counter() - last_print >= progress_every:
-            print(_progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer), flush=True)
-            last_print = time.perf_counter()
-        if max_documents is not None and writer.documents >= max_documents:
-            break
-    meta = writer.finish({**tok_meta, "format_version": DATA_FORMAT_VERSION, "shard_tokens": shard_tokens,
-                          "source": source}, source, compact.transform(out_dir) if compact_vocab else None)
+    try:
+        done_bytes = sum(t.size for _, t in zip(range(writer.next_task), tasks))  # a resume skips finished tasks
+        if writer.resumed:
+            print(f"data.py: {out_dir}: resuming an interrupted preparation at document {writer.next_index:,}",
+                  flush=True)
+        tokens, last_print = 0, time.perf_counter()
+        for result in corpus.run_tasks(tasks, tok, eot, text_key, workers or corpus.default_workers(), stats):
+            writer.add(result, max_documents)
+            tokens, done_bytes = tokens + int(result.lengths.sum()), done_bytes + result.size
+            if progress_every is not None and time.perf_counter() - last_print >= progress_every:
+                print(_progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer), flush=True)
+                last_print = time.perf_counter()
+            if max_documents is not None and writer.documents >= max_documents:
+                break
+        meta = writer.finish({**tok_meta, "format_version": DATA_FORMAT_VERSION, "shard_tokens": shard_tokens,
+                              "source": source}, _corpus_name(input, hf_dataset),
+                             compact.transform(writer.work) if compact_vocab else None)
+    except (ValueError, ModuleNotFoundError):  # the input or the flags must change first: nothing worth resuming
+        writer.discard()  # out_dir stays as it was; a kill, an OSError or a dead worker keep the work to resume
+        raise
     stats.update(wall_s=time.perf_counter() - start, tokens=meta["train_tokens"] + meta["val_tokens"])
     print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']:,} documents), "
           f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']:,} documents), "
@@ -166,6 +198,7 @@ def prepare_if_missing(data_dir=None) -> str:
     """Prepare the default corpus if DEFAULT_DATA_DIR is missing or stale; any other dir must already be prepared."""
     data_dir = str(data_dir or DEFAULT_DATA_DIR)
     if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_DATA_DIR):
+        shards.recover(data_dir)  # a preparation killed while moving its files in: finish the move
         if not _is_prepared(data_dir):
             prepare(out_dir=data_dir)
     else:
@@ -184,15 +217,17 @@ def _prepare_hint(data_dir) -> str:
 
 
 def _require_file(data_dir, name) -> Path:
-    data_dir = Path(data_dir)
+    data_dir, work = Path(data_dir), shards.work_dir(data_dir)
+    if not (data_dir / name).is_file() and (work.is_dir() or (data_dir / shards.STATE).is_file()):
+        where = work if work.is_dir() else data_dir / shards.STATE
+        raise FileNotFoundError(f"{data_dir / name} is missing: the preparation of {data_dir} was interrupted "
+                                f"({where} holds its progress): rerun the same `python data.py ...` command to "
+                                f"resume it")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; {_prepare_hint(data_dir)}")
     if not any(data_dir.iterdir()):
         raise FileNotFoundError(f"data directory {data_dir} is empty; {_prepare_hint(data_dir)}")
     if not (data_dir / name).is_file():
-        if (data_dir / shards.STATE).is_file():
-            raise FileNotFoundError(f"the preparation of {data_dir} was interrupted ({shards.STATE} is there, "
-                                    f"{name} is not): rerun the same `python data.py ...` command to resume it")
         raise FileNotFoundError(f"{data_dir / name} is missing (did the preparation finish?); "
                                 f"{_prepare_hint(data_dir)}")
     return data_dir / name
@@ -382,8 +417,10 @@ def main(argv=None) -> str:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as err:
-        print(f"data.py: error: {err}", file=sys.stderr)
+    except (ValueError, ModuleNotFoundError, RuntimeError, OSError) as err:
+        # an OSError of the system names its file (ours carry a whole sentence); a library's message may span lines
+        line = shards.os_error_line(err) if isinstance(err, OSError) and err.errno is not None else str(err)
+        print("data.py: error: " + re.sub(r"\s*\n\s*", " ", line), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("data.py: interrupted; rerun the same command to resume from the last complete shard", file=sys.stderr)

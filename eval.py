@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from support import checkpoint, files, metrics, report, runtime, tasks
 import data
+from support import checkpoint, files, metrics, report, runtime, tasks
 
 PROBE_ACCURACY = "probe_accuracy"  # result keys compare.py reads, beside metrics.py's
 MC_ACCURACY = "mc_accuracy"

@@ -13,10 +13,19 @@ A pre-norm decoder-only Transformer:
   fine-grained experts of which each token picks top_k (token choice, dropless).
 
 What NITP and its peers need comes out of the same forward pass: `model(idx, layers=(k, ...))` returns the
-residual stream after block k (k = 0 is the embedding output: NITP's implicit-token target) and the final hidden
-state after the final norm. Also here: the presets (PRESETS), parameter counts (GPT.num_params) and the init
-(init_weights, peers.py's too); what a token costs to train is flops.py's.
-Imports torch and fused.py (the eager float32 form of RoPE, RMSNorm and SwiGLU). Nothing runs at import.
+residual stream after block k (k = 0 is the embedding output, k = i the output of block i; NITP's implicit-token
+target is a shallow one, the preset's target layer) and the final hidden state after the final norm. Also here:
+the presets (PRESETS), parameter counts (GPT.num_params) and the init (init_weights, peers.py's too); what a
+token costs to train is support/flops.py's.
+
+Speed switches. Each replaces a plain formula here by a faster form of the same function only while it is on;
+the plain formula stays beside it, and it is what the tests compare the fast form against:
+* fused CPU kernels (support/fused.py): RoPE, RMSNorm and SwiGLU as autograd Functions, in eager float32 only.
+  On by default, where it pays (docs/performance.md, "Against nanoGPT", has what each buys); off with
+  `train.py --fused_kernels=false` or `with fused.disabled():`.
+* grouped GEMM (run_experts_grouped): the MoE experts in one torch._grouped_mm per projection, automatic on CUDA
+  in bf16; `MoE.use_grouped_mm = False` forces the reference loop (run_experts_loop).
+Imports torch and support/fused.py. Nothing runs at import.
 """
 
 import dataclasses
@@ -141,7 +150,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if fused.enabled(x) and self.weight.dtype == x.dtype:
+        if fused.enabled(x) and self.weight.dtype == x.dtype:  # speed switch: the fused kernel, same function
             return fused.RMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -158,7 +167,7 @@ def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None, dtype=t
 def apply_rope(x, cos, sin):
     """Rotate feature pairs (i, i + hd/2) of x (B, H, T, hd) by position-dependent angles (GPT-NeoX /
     Llama half-split layout), in at least float32, so that q.k depends only on relative position."""
-    if fused.enabled(x) and cos.dtype == x.dtype:
+    if fused.enabled(x) and cos.dtype == x.dtype:  # speed switch: the fused kernel, same bits
         return fused.RoPE.apply(x, cos, sin)
     x1, x2 = x.to(torch.promote_types(x.dtype, cos.dtype)).chunk(2, dim=-1)  # (B, H, T, hd/2) each
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
@@ -188,7 +197,7 @@ class CausalSelfAttention(nn.Module):
 
 def silu_gate(gate_up):
     """silu(gate) * up for gate_up = [gate | up] (..., 2 hidden) -> (..., hidden)."""
-    if fused.enabled(gate_up):
+    if fused.enabled(gate_up):  # speed switch: the fused kernel, same bits
         return fused.SwiGLU.apply(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)  # (..., hidden) each
     return F.silu(gate) * up
@@ -270,7 +279,7 @@ class MoE(nn.Module):
         token = order // K  # (N*K,) the token of each sorted assignment
         # bincount(expert, minlength=E) with a static output size (no data-dependent shape for compile)
         counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, expert, torch.ones_like(expert))
-        run_experts = run_experts_grouped if self.grouped_mm_ok(x) else run_experts_loop
+        run_experts = run_experts_grouped if self.grouped_mm_ok(x) else run_experts_loop  # speed switch: grouped GEMM
         y = run_experts(x_flat[token], counts, self.w_gate, self.w_up, self.w_down)  # (N*K, d)
         y = (y * gate.flatten()[order].unsqueeze(-1)).to(x.dtype)  # weight each assignment by its score
         out = torch.zeros_like(x_flat).index_add_(0, token, y)  # (N, d) sum over each token's K experts

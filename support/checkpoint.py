@@ -12,13 +12,21 @@ a run saved on 2 processes resumes on 1 or on 8.
 eval.py, export.py and bench.py read the weights straight from DCP with `load_model` (one process, no
 process group, no conversion step): a finished run needs no consolidated copy.
 
+Loading never runs code from the files. DCP itself unpickles `.metadata` with plain pickle and every non-tensor
+item (the optimizer's hyperparameters) with torch.load(weights_only=False), so a crafted checkpoint could run
+anything; here `.metadata` goes through an unpickler that knows only DCP's metadata classes (`SafeReader`) and
+the items through torch.load(weights_only=True) (`SafeLoadPlanner`). Anything else, or a file name that points
+outside the checkpoint, is refused with a ValueError (`RefusedCheckpoint`) naming the file, before it is used.
+
 Imports torch, model.py and files.py. Nothing runs at import.
 """
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -27,14 +35,22 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from support import files
 import model as model_lib
+from support import files
 
 CHECKPOINTS = "checkpoints"     # the folder of a run's checkpoints, inside out_dir
 META = "meta.json"              # written last: its presence marks a complete checkpoint
 MODEL_KEY = "gpt"               # the model's name inside the saved state ("gpt.embed.weight", ...)
 _STEP_DIR = re.compile(r"step_(\d+)$")
+DCP_METADATA = ".metadata"      # DCP's index of a checkpoint: a pickle
+NOT_OURS = "not a checkpoint this repository wrote"
+FOREIGN_OBJECTS = "it holds Python objects a checkpoint written by train.py never contains"
 
 
 # ---------------------------------------------------------------------------- finding checkpoints
@@ -78,6 +94,12 @@ def verify(ckpt_dir, meta: dict) -> None:
     expected = meta.get("sha256")
     if not isinstance(expected, dict) or not expected:
         raise ValueError(f"{ckpt_dir / META} has no checksums: not a complete checkpoint of this version; remove it")
+    for name in expected:
+        if not plain_file_name(name):
+            raise refused(ckpt_dir / META, f"it lists the file {name!r}, which is not a file inside the "
+                          "checkpoint folder (train.py lists only its own files, by name)")
+    if DCP_METADATA not in expected:
+        raise refused(ckpt_dir / META, f"it has no checksum for {DCP_METADATA}, which train.py always lists")
     world = dist.get_world_size() if _distributed() else 1
     present = [name for name in expected if (ckpt_dir / name).is_file()]
     missing = sorted(set(expected) - set(present))
@@ -121,12 +143,12 @@ def _checksums(folder, files, group_size: int) -> dict:
     return {name: digest for part in gathered for name, digest in part.items()}
 
 
-def _os_error_in(err):
-    """The OSError (a full disk, a permission) behind an exception DCP wrapped, or None."""
+def _cause_in(err, kind=OSError):
+    """The exception of type `kind` (an OSError: a full disk, a permission) behind one DCP wrapped, or None."""
     seen = [err]
     while seen:
         e = seen.pop()
-        if isinstance(e, OSError):
+        if isinstance(e, kind):
             return e
         seen += [x for x in (e.__cause__, e.__context__) if x is not None]
         seen += [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
@@ -148,8 +170,8 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
     try:
         with _single_process_is_fine():
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not distributed)
-    except Exception as err:  # DCP wraps the cause (ENOSPC...) in its own exception: surface it plainly
-        cause = _os_error_in(err)
+    except (Exception, CheckpointException) as err:  # DCP wraps the cause (ENOSPC...): surface it plainly
+        cause = _cause_in(err, OSError)
         if cause is None:
             raise
         raise OSError(cause.errno, f"writing checkpoint {tmp}: {cause.strerror}") from None
@@ -172,17 +194,181 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
     return final
 
 
+# ---------------------------------------------------------------------------- reading safely
+class RefusedCheckpoint(ValueError):
+    """A checkpoint file that holds what train.py never writes (Python objects beyond DCP's metadata classes and
+    plain values, a file name outside the checkpoint folder): refused before anything in it is used. Built by
+    `refused`; its only argument is the message, so that DCP can pass it between processes (it pickles errors)."""
+
+
+def refused(path, why: str) -> RefusedCheckpoint:
+    """The refusal of the file at `path`, saying why and that train.py did not write it."""
+    return RefusedCheckpoint(f"{path}: refused to load: {why}; {NOT_OURS}")
+
+
+def plain_file_name(name) -> bool:
+    """Whether `name` is the name of a file directly inside a folder (not absolute, no separator, no `..`)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and os.sep not in name \
+        and "\0" not in name
+
+
+# The globals a DCP .metadata pickle refers to: DCP's own metadata classes, torch.Size, dtypes and layouts (by
+# name), and the path of the checkpoint as saved. Each only builds a plain record; nothing else is importable.
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "ChunkStorageMetadata",
+                                              "BytesStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch": {"Size"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath"},
+    "pathlib._local": {"PosixPath", "PurePosixPath"},  # where Python >= 3.13 defines them
+}
+
+
+class _ForeignGlobal(Exception):
+    """A global outside _METADATA_GLOBALS, named "module.name"."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if name in _METADATA_GLOBALS.get(module, ()) or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise _ForeignGlobal(f"{module}.{name}")
+
+
+def read_dcp_metadata(path, files: set | None = None) -> dcp_metadata.Metadata:
+    """DCP's Metadata from the `.metadata` pickle at `path`, unpickled with only DCP's metadata classes importable;
+    every data file it points to must be a plain name (and in `files` when given: those meta.json checksums).
+    RefusedCheckpoint for anything else; OSError when the file cannot be read."""
+    with open(path, "rb") as f:
+        try:
+            metadata = _MetadataUnpickler(f).load()
+        except _ForeignGlobal as err:
+            raise refused(path, f"{FOREIGN_OBJECTS} ({err})") from None
+        except Exception as err:  # a truncated or garbled pickle, a dtype or layout that does not exist
+            raise refused(path, f"it is not DCP metadata ({type(err).__name__}: {err})") from None
+    if not isinstance(metadata, dcp_metadata.Metadata):
+        raise refused(path, f"it holds a {type(metadata).__name__}, not DCP metadata")
+    storage = metadata.storage_data
+    if not isinstance(storage, dict) or not isinstance(metadata.state_dict_metadata, dict):
+        raise refused(path, "its index of items is not a dict")
+    for index, info in storage.items():
+        if not isinstance(index, dcp_metadata.MetadataIndex) or not isinstance(info, _StorageInfo):
+            raise refused(path, "its index of items holds something other than DCP's records")
+        name = info.relative_path
+        if not plain_file_name(name) or (files is not None and name not in files):
+            raise refused(path, f"item {index.fqn} points to the file {name!r}, which is not one of the "
+                          "checkpoint's own files (those listed with a checksum in meta.json)")
+    return metadata
+
+
+def _culprit(err) -> str:
+    """The global torch's weights_only unpickler refused ("posix.system"), else the error's first line."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+def _load_plain(stream, path, fqn):
+    """A non-tensor item (a float, a tuple, None, a list of names) by torch.load(weights_only=True); RefusedCheckpoint
+    naming `path` (the shard it is in) when it holds anything else."""
+    try:
+        return torch.load(stream, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise refused(path, f"its item {fqn} {FOREIGN_OBJECTS.removeprefix('it ')} ({_culprit(err)})") from None
+
+
+class SafeReader(dcp.FileSystemReader):
+    """DCP's FileSystemReader, with `.metadata` read by read_dcp_metadata (once: DCP gets what was checked)."""
+
+    def __init__(self, path, files: set | None = None):
+        super().__init__(str(path))
+        self._files, self._read = files, {}
+
+    def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
+        rank = kwargs.get("rank")
+        if rank not in self._read:
+            self._read[rank] = read_dcp_metadata(self._get_metadata_path(rank), self._files)
+        metadata = self._read[rank]
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def check_plain_items(self) -> None:
+        """Read every non-tensor item with torch.load(weights_only=True) now, those a caller does not ask for too
+        (eval.py and export.py ask for the weights only): a checkpoint holding foreign objects is refused whole."""
+        metadata = self.read_metadata()
+        plain = {fqn for fqn, md in metadata.state_dict_metadata.items()
+                 if isinstance(md, dcp_metadata.BytesStorageMetadata)}
+        by_file = {}
+        for index, info in metadata.storage_data.items():
+            if index.fqn in plain:
+                by_file.setdefault(info.relative_path, []).append((index.fqn, info))
+        for name, items in by_file.items():
+            path = Path(self.path) / name
+            with open(path, "rb") as f:
+                for fqn, info in items:
+                    f.seek(info.offset)
+                    raw = self.transforms.transform_load_stream(None, info.transform_descriptors or (),
+                                                                io.BytesIO(f.read(info.length)))
+                    _load_plain(io.BytesIO(raw.read()), path, fqn)
+
+
+class SafeLoadPlanner(dcp.DefaultLoadPlanner):
+    """DCP's DefaultLoadPlanner, but a non-tensor item (the optimizer's lr, betas, flags, parameter names) is read
+    with torch.load(weights_only=True): plain values only, never an object that runs code."""
+
+    def __init__(self, ckpt_dir):
+        super().__init__()
+        self._ckpt_dir = Path(ckpt_dir)
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
+        info = self.metadata.storage_data.get(read_item.storage_index)
+        loaded = _load_plain(value, self._ckpt_dir / (info.relative_path if info is not None else DCP_METADATA), fqn)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[fqn], loaded)
+        else:
+            self.state_dict[fqn] = loaded
+
+
 # ---------------------------------------------------------------------------- reading
+def training_state(container, optimizer) -> dict:
+    """The DCP state of a training run: the (sharded) model + projector and the optimizer state, and the RNG."""
+    model_state, optimizer_state = get_state_dict(container, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}
+
+
+def restore(ckpt_dir, container, optimizer) -> None:
+    """Load a verified checkpoint into a training run (any world size: DCP reshards) and its RNG."""
+    state = training_state(container, optimizer)
+    load(ckpt_dir, state)
+    set_state_dict(container, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    torch.set_rng_state(state["rng"])
+
+
 def load(ckpt_dir, state: dict) -> None:
-    """Fill `state` (a DCP state dict of the same keys, any sharding) in place from a verified checkpoint."""
-    verify(ckpt_dir, read_meta(ckpt_dir))
-    with _single_process_is_fine():
-        dcp.load(state, checkpoint_id=str(ckpt_dir), no_dist=not _distributed())
+    """Fill `state` (a DCP state dict of the same keys, any sharding) in place from a verified checkpoint;
+    RefusedCheckpoint (a ValueError naming the file) for one that holds what train.py never writes."""
+    meta = read_meta(ckpt_dir)
+    verify(ckpt_dir, meta)
+    reader = SafeReader(ckpt_dir, files=set(meta["sha256"]))
+    reader.check_plain_items()  # refused here, as a plain error, before DCP starts
+    try:
+        with _single_process_is_fine():
+            dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(ckpt_dir), no_dist=not _distributed())
+    except (Exception, CheckpointException) as err:  # DCP wraps what a planner raises: surface a refusal plainly
+        refusal = _cause_in(err, RefusedCheckpoint)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def saved_keys(ckpt_dir) -> list[str]:
     """The names of everything a checkpoint holds ("model.gpt.embed.weight", "model.projector.w_up.weight", ...)."""
-    return sorted(dcp.FileSystemReader(str(ckpt_dir)).read_metadata().state_dict_metadata)
+    return sorted(read_dcp_metadata(Path(ckpt_dir) / DCP_METADATA).state_dict_metadata)
 
 
 def load_model(path, map_location="cpu"):

@@ -129,18 +129,32 @@ def open_binary(path):
     return raw, raw
 
 
+def _not_text(where: str, data: bytes, err: UnicodeDecodeError | None = None, of: str = "") -> ValueError:
+    """The error for bytes that are no UTF-8 text: a NUL byte (a binary file, or UTF-16), else the first bad byte."""
+    if (nul := data.find(b"\0")) >= 0:
+        return ValueError(f"{where}: a binary file, not text (a NUL byte at byte {nul:,}{of}; UTF-16 text has them "
+                          f"too); give UTF-8 text")
+    return ValueError(f"{where}: not UTF-8 text (byte 0x{data[err.start]:02x} at byte {err.start:,}{of} is not "
+                      f"UTF-8); convert it to UTF-8")
+
+
 def read_text_file(path) -> str:
-    """One .txt(.gz/.zst) document, newlines normalised as Python's text mode does."""
+    """One .txt(.gz/.zst) document, newlines normalised as Python's text mode does; a ValueError for a binary
+    file (a NUL byte) or one that is not UTF-8."""
     stream, raw = open_binary(path)
     try:
         with raw:
             data = stream.read()
-        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err}); convert it to UTF-8") from err
     except (OSError, EOFError) as err:
         raise ValueError(f"{path}: cannot be decompressed ({type(err).__name__}: {err}); is the file "
                          f"complete?") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_text(str(path), data, err) from None
+    if "\0" in text:
+        raise _not_text(str(path), data)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -230,15 +244,24 @@ def _jsonl_documents(task: Task, text_key: str):
     for offset, line in enumerate(task.blob.split(b"\n")):
         if not line.strip():
             continue
-        line_no = task.first + offset
-        try:
-            row = json.loads(line)
-        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-            raise ValueError(f"{path}, line {line_no}: not valid JSON ({err}); each line must be a JSON object "
-                             f"with a {text_key!r} field") from err
-        if not isinstance(row, dict) or not isinstance(row.get(text_key), str):
-            raise ValueError(f"{path}, line {line_no}: no string {text_key!r} field; each line must be a JSON "
-                             f"object like {{\"{text_key}\": \"...\"}} (another field: --text_key)")
+        line_no, where = task.first + offset, f"{path}, line {task.first + offset}"
+        try:  # a UTF-8 byte order mark may open the file
+            row = json.loads(line.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+        except UnicodeDecodeError as err:
+            raise _not_text(where, line, err, " of the line") from None
+        except ValueError as err:
+            if b"\0" in line:
+                raise _not_text(where, line, of=" of the line") from None
+            raise ValueError(f"{where}: not valid JSON ({err}); each line must be a JSON object with a "
+                             f"{text_key!r} field") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a JSON {type(row).__name__}, not an object; each line must be a JSON object "
+                             f"like {{\"{text_key}\": \"...\"}}")
+        if not isinstance(row.get(text_key), str):
+            has = f"{text_key!r} holds {type(row[text_key]).__name__}" if text_key in row else \
+                f"it has: {', '.join(row)}" if row else "it has no field"
+            raise ValueError(f"{where}: no string {text_key!r} field ({has}); name the document's field with "
+                             f"--text_key (default text)")
         yield f"{path}:{line_no}", row[text_key]
 
 

@@ -6,6 +6,7 @@ meta.json and resume state all go through `write_text_atomically`. Standard libr
 preparation (shards.py, run in worker processes) does not import torch. Nothing runs at import.
 """
 
+import json
 import os
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above support/
@@ -46,3 +47,27 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------- log.jsonl
+def write_jsonl(path, *records):
+    """Append records to log.jsonl (a crash can tear only the last line, which read_log_until drops)."""
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def read_log_until(path, step):
+    """The records of log.jsonl up to `step`: a resumed run drops what was logged after its checkpoint
+    (a crash between two saves) and a torn last line, so every step appears once."""
+    records = []
+    for line in open(path).read().splitlines() if os.path.exists(path) else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if r.get("step", 0) <= step]
+
+
+def format_duration(seconds):
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"

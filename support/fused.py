@@ -24,13 +24,21 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-_switched_off = False  # set only by disabled()
+_switched_off = False  # set by set_enabled (train.py --fused_kernels) and disabled()
 
 
 def enabled(x: torch.Tensor) -> bool:
     """Whether the Functions below may replace the plain formulas for input x (see the module docstring)."""
     return (not _switched_off and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling())
+
+
+def set_enabled(on: bool) -> bool:
+    """The process-wide switch, train.py's --fused_kernels: off, model.py takes its plain formulas everywhere.
+    Returns the previous setting."""
+    global _switched_off
+    before, _switched_off = not _switched_off, not on
+    return before
 
 
 @contextlib.contextmanager

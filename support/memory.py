@@ -142,8 +142,8 @@ def plan_memory(mcfg: model.GPTConfig, world: int, micro_batch: int, seq_len: in
     on CUDA, 4: fp32). With activation checkpointing each block keeps only its input (B x T x d) and one
     block's full activations exist at a time, during its recompute. ce_chunk > 0: the cross-entropy is computed
     over chunks of that many positions (model.cross_entropy_sum), so only one chunk's logits exist at a time.
-    aux_logit_heads: how many more logits-sized tensors (with their gradient) the aux term holds (objective.py's
-    aux_logit_heads: MTP one per depth, NextLat one); a peer head's activations are estimated like a projector's."""
+    aux_logit_heads: how many more logits-sized tensors (with their gradient) the aux term holds (peers.logit_heads:
+    MTP one per depth, NextLat one); a peer head's activations are estimated like a projector's."""
     if min(world, micro_batch, seq_len) < 1 or projector_params < 0 or compute_bytes not in (2, 4):
         raise ValueError(f"plan_memory needs world, micro_batch, seq_len >= 1, projector_params >= 0 and "
                          f"compute_bytes 2 or 4; got {world}, {micro_batch}, {seq_len}, {projector_params}, "

@@ -1,4 +1,4 @@
-"""peers.py: the other training-only auxiliary objectives NITP is compared with, MTP and NextLat.
+"""peers.py: the other auxiliary objectives NITP is compared with: MTP, NextLat and the generic regulariser.
 
 Like NITP, each adds a term to next-token prediction in the same forward pass, through a head that is trained
 with the model and dropped afterwards (docs/method.md, "Peers: MTP and NextLat", has the exact forms, the
@@ -15,15 +15,20 @@ sources and every choice):
              nextlat_weight * smooth_l1(h^_{t+1}, h_{t+1}) + nextlat_kl_weight * KL(p(h_{t+1}) || p(h^_{t+1})),
              p(h) = softmax(h W^T) through the model's unembedding, frozen (detached) on both sides.
 
-How it fits: objective.build_projector builds MTPHead or LatentDynamics in train.py's one `projector` slot (its
-own FSDP2 unit, checkpointed under "projector", excluded from export and from GPT.num_params, because it is not
-part of GPT); objective.forward_terms calls mtp_terms / nextlat_terms on the tensors of the model's forward pass
-(the embedding output, the last residual or final hidden state) and the unembedding matrix, which FSDP2 keeps
-gathered after the root's forward until the backward pass (tests/test_distributed.py checks 2 processes against
-1). Both return (loss sum, count, extras) like nitp_loss_terms' (sum, count): train.py divides every micro-batch's
-sum by the step's global count, which objective.aux_pair_masks knows before the forward pass.
+    cosreg   the paper's "generic regulariser" ablation: the mean pairwise cosine of h within each sequence
+             (nitp_loss.pairwise_cosine_penalty), in NITP's place and with its weight.
 
-Imports torch, model.py and nitp_loss.py (the per-pair smooth-L1 and KL). Nothing runs at import.
+How it fits: train.py spells out NTP and NITP and reaches these through one marked branch, the plug at the end
+of this file: `build_head` puts MTPHead or LatentDynamics in train.py's one `projector` slot (its own FSDP2 unit,
+checkpointed under "projector", excluded from export and from GPT.num_params, because it is not part of GPT);
+`aux_terms` computes the term from the tensors of the model's forward pass (the embedding output, the last
+residual or final hidden state) and the unembedding matrix, which FSDP2 keeps gathered after the root's forward
+until the backward pass (tests/test_distributed.py checks 2 processes against 1). Each returns a sum like
+nitp_loss_terms' (sum, count): train.py divides every micro-batch's sum by the step's global count, which
+`pair_masks` knows before the forward pass.
+
+Imports torch, model.py and nitp_loss.py (the per-pair smooth-L1 and KL, the pair masks and the regulariser).
+Nothing runs at import.
 """
 
 import torch
@@ -32,7 +37,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 import model as model_lib
-from nitp_loss import PAIR_LOSSES
+from nitp_loss import PAIR_LOSSES, nitp_pair_mask, pairwise_cosine_penalty_terms, pairwise_pair_count
 
 
 # ---------------------------------------------------------------------------- MTP
@@ -143,3 +148,81 @@ def nextlat_terms(head: LatentDynamics, hidden, embeds, head_weight, reg_weight:
                         for p, z in rows]).view(counted.shape)
     reg_sum, kl_sum = (torch.where(counted, x, torch.zeros_like(x)).sum() for x in (reg, kl))
     return reg_weight * reg_sum + kl_weight * kl_sum, counted.sum(), {"h": reg_sum, "kl": kl_sum}
+
+
+# ---------------------------------------------------------------------------- the plug train.py calls
+# Every objective except NTP and NITP (which train.py spells out) enters the step through these functions:
+# the generic regulariser (cosreg), MTP and NextLat. Each term is a (sum, count) pair, as NITP's.
+PEERS = ("cosreg", "mtp", "nextlat")
+
+
+def build_head(cfg, mcfg):
+    """The objective's training-only head in train.py's projector slot: MTP's modules, NextLat's latent dynamics
+    model, or None (cosreg has no head)."""
+    if cfg.objective == "mtp":
+        return MTPHead(mcfg, cfg.mtp_depth)
+    if cfg.objective == "nextlat":
+        return LatentDynamics(mcfg.d_model, init_std=mcfg.init_std)
+    return None
+
+
+def weight(cfg) -> float:
+    """The weight the term carries in the loss: nitp_weight for cosreg (the ablation swaps NITP's term for it),
+    mtp_weight for MTP, 1 for NextLat, whose two weights are inside its term."""
+    return {"cosreg": cfg.nitp_weight, "mtp": cfg.mtp_weight, "nextlat": 1.0}[cfg.objective]
+
+
+def part_names(cfg) -> tuple:
+    """The parts of the term that aux_terms returns and train.py logs (as loss_nextlat_h, loss_nextlat_kl)."""
+    return ("h", "kl") if cfg.objective == "nextlat" else ()
+
+
+def logit_heads(cfg) -> int:
+    """How many more logits-sized tensors the term keeps for the backward (memory.plan_memory)."""
+    return {"mtp": cfg.mtp_depth, "nextlat": 1}.get(cfg.objective, 0)
+
+
+def flops_kwargs(cfg) -> dict:
+    """The term's arguments to flops.flops_per_token."""
+    return {"mtp": {"mtp_depth": cfg.mtp_depth}, "nextlat": {"nextlat": True}}.get(cfg.objective, {})
+
+
+def taps(cfg, n_layer: int) -> set:
+    """The residual streams the term reads from the model's forward pass: the embedding output (MTP, NextLat) and
+    the residual after the last block (MTP)."""
+    return {"cosreg": set(), "mtp": {0, n_layer}, "nextlat": {0}}[cfg.objective]
+
+
+def pair_masks(cfg, inputs, separator=None):
+    """(one mask or None per input, total count as 0-dim float64) over this process's inputs [(B, T)], known
+    before any forward pass: NextLat's pairs (h_t, h_{t+1}) with NITP's mask at shift 1 (dropping pairs across
+    the separator under mask_doc_boundary); cosreg's ordered pairs
+    i != j of each sequence; MTP's positions of every depth whose target exists."""
+    device = inputs[0].device
+    if cfg.objective == "nextlat":
+        masks = [nitp_pair_mask(x, 1, separator if cfg.mask_doc_boundary else None) for x in inputs]
+        return masks, sum(m.sum() for m in masks).double()
+    if cfg.objective == "cosreg":
+        count = sum(pairwise_pair_count(torch.ones_like(x, dtype=torch.bool)) for x in inputs)
+    else:
+        count = sum(mtp_position_count(*x.shape, cfg.mtp_depth) for x in inputs)
+    return [None] * len(inputs), torch.as_tensor(count, dtype=torch.float64, device=device)
+
+
+def aux_terms(model, head, cfg, out, h, targets, pair_mask=None):
+    """(term sum, MoE balance loss, parts or None) of the objective from the model's forward pass `out`
+    (model.GPTOutput with the layers `taps` names) and h, train.py's last hidden state (cosreg's input). The peers
+    read the unembedding matrix too (FSDP2's root parameter, still gathered after the forward), NextLat the model's
+    logits when they were computed."""
+    n_layer, balance, chunk = model.config.n_layer, out.balance_loss, cfg.ce_chunk or 0
+    if cfg.objective == "cosreg":
+        return pairwise_cosine_penalty_terms(h)[0], balance, None
+    if cfg.objective == "mtp":
+        total, _, balances = mtp_terms(head, out.layers[n_layer], out.layers[0], targets, model.lm_head.weight, chunk)
+        if balances:  # the mean over every MoE layer, the model's and the MTP blocks'
+            n_moe = sum(model.config.is_moe_block(i) for i in range(n_layer))
+            balance = (balance * n_moe + sum(balances)) / (n_moe + len(balances))
+        return total, balance, None
+    total, _, parts = nextlat_terms(head, out.final_hidden, out.layers[0], model.lm_head.weight, cfg.nextlat_weight,
+                                    cfg.nextlat_kl_weight, pair_mask, out.logits, chunk)
+    return total, balance, parts

@@ -33,7 +33,6 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch, no display
 
-
 from support import files, metrics
 
 

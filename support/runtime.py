@@ -1,4 +1,5 @@
-"""runtime.py: what the scripts share: `--key=value` flags into dataclasses, the device, CPU speed settings.
+"""runtime.py: what the scripts share: `--key=value` flags, the device, CPU speed settings, the process
+group, the global gradient norm and the stop signals.
 
 train.py, bench.py and compare.py read their options the same way: every field of a config dataclass is a
 `--field=value` flag (a bare `--flag` means true, `none` means None for an optional field); an unknown key
@@ -10,16 +11,22 @@ denormals and keeping glibc from returning big buffers to the OS after every ste
 Imports only torch and the standard library. Nothing runs at import.
 """
 
+import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import os
+import signal
+import socket
 import sys
+import threading
 import types
 import typing
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
@@ -201,3 +208,77 @@ def all_reduce(tensor, rt: Runtime, op=None) -> None:
     """Sum (or `op`) `tensor` over the processes, in place; nothing to do alone."""
     if rt.world > 1:
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+
+
+def clip_grad_norm(params, max_norm, rt=None):
+    """Global L2 norm of the grads, clipped to max_norm if > 0. FSDP2's grads are DTensor shards: each process
+    sums the squares of its own shard and one all-reduce adds them up. Summed one tensor at a time in a fixed
+    order, so all-zero grads (the projector at nitp_weight=0) change neither the norm nor the clip, bit for bit;
+    torch's stacked reduction regroups the other terms when the list grows. Same clip as torch's:
+    grads *= min(1, max_norm / (norm + 1e-6))."""
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
+    total_sq = torch.zeros((), device=grads[0].device)
+    for g in grads:
+        total_sq = total_sq + torch.linalg.vector_norm(g, dtype=torch.float32) ** 2
+    if rt is not None:
+        all_reduce(total_sq, rt)
+    total = total_sq.sqrt()
+    if max_norm > 0:
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total
+
+
+
+def unsharded(sharded, plain, device):
+    """`plain` (a new module of the same kind) loaded with the weights of an FSDP2 module of one process."""
+    state = sharded.state_dict()
+    plain.load_state_dict({k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()})
+    return plain.to(device)
+
+
+# ---------------------------------------------------------------------------- one run per folder
+LOCK_FILE = ".run.lock"
+
+
+def lock_folder(folder):
+    """An exclusive OS lock (flock) on folder/.run.lock, held while the returned file stays open: a second run
+    into the same folder is refused at once, naming the process that holds it, and touches nothing. The kernel
+    releases the lock when the process dies, so a killed run never leaves a stale one."""
+    handle = open(os.path.join(folder, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"--out_dir={folder} is in use by another run ({holder}); wait for it to end or pass "
+                         "another --out_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+# ---------------------------------------------------------------------------- signals
+@contextlib.contextmanager
+def graceful_stop():
+    """SIGINT / SIGTERM set `stop.requested`: the loop saves at the end of the step and returns cleanly; a
+    second signal aborts at once. Installed only from the main thread; the old handlers come back on exit."""
+    stop = threading.Event()
+    stop.signum = None
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        stop.signum = signum
+        print(f"\nsignal {signum}: saving a checkpoint after this step, then stopping", flush=True)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

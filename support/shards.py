@@ -8,13 +8,23 @@ written last, indexes them: {"shards": {"train": [{"file": ..., "tokens": ...}, 
 its presence marks a complete directory.
 
 Writing (`Writer`): documents arrive in corpus order (whole tasks of corpus.py, from any number of workers);
-each is appended to its split's current shard. Whenever a shard fills up, the writer records a checkpoint,
-prepare_state.json: the settings, how far the corpus was read (task, document) and every split's complete
-shards and the length of its current one. An interrupted preparation restarts from that checkpoint: the
-current shards are cut back to the recorded length and the corpus is read again from the recorded task, so
-the result is byte-identical to an uninterrupted run. Its last document is held back until the next one
-arrives, so that at the end it can go to a split that would otherwise stay empty. An optional last step may
-rewrite the closed shards before meta.json is written (compact.py's vocabulary compaction).
+each is appended to its split's current shard. Everything is written in a sibling work folder, `DIR.preparing`
+(`work_dir`), so that a folder prepared before stays exactly as it was, readable, until the new preparation has
+succeeded; a preparation that fails on its input removes the work folder (`Writer.discard`). Whenever a shard
+fills up, the writer records a checkpoint there, prepare_state.json: the settings, how far the corpus was read
+(task, document) and every split's complete shards and the length of its current one. An interrupted preparation
+restarts from that checkpoint: the current shards are cut back to the recorded length and the corpus is read
+again from the recorded task, so the result is byte-identical to an uninterrupted run. Its last document is held
+back until the next one arrives, so that at the end it can go to a split that would otherwise stay empty. An
+optional last step may rewrite the closed shards before meta.json is written (compact.py's vocabulary compaction).
+
+Moving in (`install`): once the work folder's meta.json is written, the checkpoint is renamed moving_in.json (no
+run resumes from it), DIR's meta.json is removed, DIR's old shards that the new index does not name are deleted,
+the new shards are renamed into DIR, and meta.json is renamed in last; then the work folder goes. A crash during
+the move leaves DIR without meta.json (it reads as interrupted) and the work folder's meta.json marks the move as
+owed: `recover`, which the next preparation of DIR runs first, repeats it (every step can run twice), and a rerun
+of the same command then has nothing left to do. Files in DIR that are not ours are never touched. A checkpoint
+that an older data.py left inside DIR itself is moved into the work folder and resumed there.
 
 Reading (`open_split`): a split is a `TokenStream`, its shards as one sequence (len() and slicing), each
 shard an np.memmap, so nothing is read into memory until a window is sliced out. Every shard's size is
@@ -23,6 +33,8 @@ checked against meta.json first. Directories of format 1 (one `train.bin` / `val
 Imports numpy, files.py and the standard library. Nothing runs at import.
 """
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -34,16 +46,52 @@ from support import files
 
 SPLITS = ("train", "val")
 META, STATE = "meta.json", "prepare_state.json"
+MOVING = "moving_in.json"       # the finished run's checkpoint while `install` moves it in: never resumed from
 MAX_LISTED_DOCUMENTS = 10_000   # meta.json names at most this many documents per split (a huge corpus: counts only)
+WORK_SUFFIX = ".preparing"      # DIR.preparing: where a preparation of DIR writes until it has succeeded
 _OUR_FILES = re.compile(r"(train|val)(_\d{5})?\.bin(\.tmp)?")  # .tmp: a shard being rewritten (compact.py)
+_OUR_JSON = re.compile(r"(meta|prepare_state|moving_in)\.json(\.tmp-\d+)?")  # .tmp-PID: files.write_text_atomically's
 
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:05d}.bin"
 
 
+@contextlib.contextmanager
+def _naming(path):
+    """An OSError inside names `path` (a failed write or flush alone says only "No space left on device")."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def _write_json(path: Path, obj) -> None:
-    files.write_text_atomically(path, json.dumps(obj, indent=1) + "\n")
+    with _naming(path):
+        files.write_text_atomically(path, json.dumps(obj, indent=1) + "\n")
+
+
+def work_dir(out_dir) -> Path:
+    """The sibling folder a preparation of out_dir writes in until it has succeeded: DIR.preparing (beside the
+    target of a symlinked DIR, so the final renames stay on one file system)."""
+    out = Path(os.path.normpath(out_dir))
+    if out.name in ("", ".", "..") or out.is_symlink():
+        out = Path(os.path.realpath(out))
+    return out.with_name(out.name + WORK_SUFFIX)
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError as one line that names its file and, where there is one, the fix."""
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+    line = f"{where}: {err.strerror}" if where else str(err.strerror or err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        line += ("; free some space (or give another --out_dir on a disk with room), then rerun the same command: "
+                 "it resumes from the last complete shard")
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        line += "; check that you may read the input and write the output folder and its parent"
+    return line
 
 
 # ---------------------------------------------------------------------------- writing
@@ -69,25 +117,32 @@ class _SplitWriter:
         self.file.truncate(keep * self.dtype.itemsize)
         self.file.seek(0, os.SEEK_END)
 
+    def _sync(self) -> None:
+        with _naming(self.file.name):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
     def write(self, tokens: np.ndarray) -> None:
         while len(tokens):
             piece = tokens[:self.shard_tokens - self.current]
-            self.file.write(piece.tobytes())
+            with _naming(self.file.name):
+                self.file.write(piece.tobytes())
             self.current, tokens = self.current + len(piece), tokens[len(piece):]
             if self.current == self.shard_tokens:
+                self._sync()
                 self.file.close()
                 self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": self.current})
                 self.current, self.filled = 0, True
                 self._open(keep=0)
 
     def state(self) -> dict:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        self._sync()
         return {"shards": self.shards, "current_tokens": self.current, "documents": self.documents,
                 "names": self.names}
 
     def close(self) -> list[dict]:
         """Close the current shard (dropped when empty); the split's shard index."""
+        self._sync()
         self.file.close()
         if self.current:
             self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": self.current})
@@ -99,18 +154,23 @@ class _SplitWriter:
 class Writer:
     """Documents in corpus order -> the shards of both splits, resumable (see the module docstring).
 
-    `settings` (JSON-able flags) must equal the interrupted run's to resume it; when `inputs` (what identifies
-    the input files) changed, there is nothing left to resume and the preparation starts over. `split_of(index)`
-    gives the split of document `index` when a task does not fix it. After construction, `next_task` and
-    `skip_documents` say where to start reading the corpus: the caller feeds `add` the results of tasks
-    next_task, next_task + 1, ...
+    Everything is written in `work` (work_dir(out_dir)); `finish` moves the result into out_dir. `settings`
+    (JSON-able flags) must equal the interrupted run's to resume it; when `inputs` (what identifies the input
+    files) changed, there is nothing left to resume and the preparation starts over. `split_of(index)` gives the
+    split of document `index` when a task does not fix it. After construction, `next_task` and `skip_documents`
+    say where to start reading the corpus: the caller feeds `add` the results of tasks next_task, next_task + 1, ...
     """
 
     def __init__(self, out_dir, settings: dict, inputs, dtype: str, shard_tokens: int, split_of):
-        self.out_dir, self.settings, self.inputs, self.split_of = Path(out_dir), settings, inputs, split_of
-        state_path, meta_path = self.out_dir / STATE, self.out_dir / META
-        state = None
-        if state_path.is_file() and not meta_path.is_file():
+        self.out_dir, self.work = Path(out_dir), work_dir(out_dir)
+        self.settings, self.inputs, self.split_of = settings, inputs, split_of
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"the output folder {self.out_dir} is a file; give a folder (--out_dir)")
+        recover(self.out_dir)
+        state_path, state = self.work / STATE, None
+        if (self.out_dir / STATE).is_file() and not (self.out_dir / META).is_file() and not state_path.is_file():
+            self._adopt()
+        if state_path.is_file():
             try:
                 state = json.loads(state_path.read_text())
                 old_settings, old_inputs = state["settings"], state["inputs"]
@@ -118,19 +178,18 @@ class Writer:
                 raise ValueError(f"{state_path} is damaged ({err}); delete it to start the preparation over") from None
             if old_settings != settings:
                 changed = sorted(k for k in set(settings) | set(old_settings) if settings.get(k) != old_settings.get(k))
-                raise ValueError(f"{self.out_dir} holds an interrupted preparation with other settings "
+                raise ValueError(f"{self.work} holds an interrupted preparation of {self.out_dir} with other settings "
                                  f"({', '.join(changed)} differ): rerun it with the same flags to resume, or "
-                                 f"delete {state_path} to start over")
+                                 f"delete {self.work} to start over")
             if old_inputs != inputs:
                 print(f"data.py: {self.out_dir}: the input files changed since the interrupted preparation: "
                       f"starting over", flush=True)
                 state = None
         if state is None:  # a fresh start: remove what an earlier preparation left (never files that are not ours)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            meta_path.unlink(missing_ok=True)  # from here until the end, the directory reads as "not prepared"
-            self._remove_ours()
+            self.work.mkdir(parents=True, exist_ok=True)
+            _remove_ours(self.work)
         saved = state["splits"] if state else {}
-        self.writers = {s: _SplitWriter(self.out_dir, s, dtype, shard_tokens, saved.get(s)) for s in SPLITS}
+        self.writers = {s: _SplitWriter(self.work, s, dtype, shard_tokens, saved.get(s)) for s in SPLITS}
         self.next_task = state["next_task"] if state else 0
         self.skip_documents = state["skip_documents"] if state else 0
         self.next_index = state["next_index"] if state else 0  # corpus index of the next document to arrive
@@ -139,10 +198,21 @@ class Writer:
         if not state:
             self.checkpoint()
 
-    def _remove_ours(self) -> None:
+    def _adopt(self) -> None:
+        """Move a preparation that an older data.py interrupted inside out_dir into the work folder, to resume it
+        there (the checkpoint last: a move that is itself interrupted is repeated)."""
+        self.work.mkdir(parents=True, exist_ok=True)
         for path in self.out_dir.iterdir():
-            if _OUR_FILES.fullmatch(path.name) or path.name == STATE:
-                path.unlink()
+            if _OUR_FILES.fullmatch(path.name):
+                os.replace(path, self.work / path.name)
+        os.replace(self.out_dir / STATE, self.work / STATE)
+
+    def discard(self) -> None:
+        """Close the shards and remove the work folder (the input or the flags must change: nothing to resume);
+        out_dir stays as it was."""
+        for w in self.writers.values():
+            w.file.close()
+        _remove_work(self.work)
 
     @property
     def documents(self) -> int:
@@ -177,16 +247,17 @@ class Writer:
         task, skip = self._pending[3:] if self._pending else (self._task, 0)
         index = self.next_index - (self._pending is not None)
         splits = {s: w.state() for s, w in self.writers.items()}
-        _write_json(self.out_dir / STATE, {"settings": self.settings, "inputs": self.inputs, "next_task": task,
+        _write_json(self.work / STATE, {"settings": self.settings, "inputs": self.inputs, "next_task": task,
                                            "skip_documents": skip, "next_index": index, "splits": splits})
         for w in self.writers.values():
             w.filled = False
 
     def finish(self, meta: dict, source: str, transform=None) -> dict:
-        """Commit the held-back document, close the shards, write meta.json (updated with the index) last.
+        """Commit the held-back document, close the shards, write meta.json (updated with the index) last, then
+        move them into out_dir (`install`). `source` names the corpus in the error about too few documents.
 
-        `transform(meta) -> meta`, if given, runs on the closed shards before meta.json is written (compact.py
-        rewrites them): the resume checkpoint is removed first, since it no longer describes the files."""
+        `transform(meta) -> meta`, if given, runs on the closed shards in `work` before meta.json is written
+        (compact.py rewrites them): the resume checkpoint is removed first, since it no longer describes them."""
         if self._pending is not None:
             tokens, name, split = self._pending[:3]
             other = "val" if split == "train" else "train"
@@ -197,20 +268,80 @@ class Writer:
         docs = {s: w.documents for s, w in self.writers.items()}
         shards = {s: w.close() for s, w in self.writers.items()}
         if not all(docs.values()):
-            self._remove_ours()
-            raise ValueError(f"the corpus {source} gave {docs['train']} train and {docs['val']} val documents "
-                             f"(empty ones skipped); both splits need whole documents, so give at least two "
-                             f"non-empty documents (.txt files, .jsonl lines or parquet rows)")
+            self.discard()
+            found = "no non-empty document" if not any(docs.values()) else "only one non-empty document"
+            raise ValueError(f"{source}: {found} (empty ones are skipped); both splits need whole documents, so "
+                             f"give at least two non-empty documents (.txt files, .jsonl lines or parquet rows)")
         meta = dict(meta, shards=shards)
         for s, w in self.writers.items():
             meta.update({f"{s}_tokens": sum(x["tokens"] for x in shards[s]), f"num_{s}_documents": docs[s],
                          f"{s}_documents": w.names})
         if transform is not None:
-            (self.out_dir / STATE).unlink(missing_ok=True)  # interrupted from here on: no meta, no state, starts over
+            (self.work / STATE).unlink(missing_ok=True)  # interrupted from here on: no meta, no state, starts over
             meta = transform(meta)
-        _write_json(self.out_dir / META, meta)
-        (self.out_dir / STATE).unlink(missing_ok=True)
+        _write_json(self.work / META, meta)  # the preparation has succeeded: from here on, out_dir is replaced
+        install(self.work, self.out_dir)
         return meta
+
+
+def _remove_ours(folder: Path) -> None:
+    for path in folder.iterdir():
+        if _OUR_FILES.fullmatch(path.name) or path.name in (STATE, MOVING):
+            path.unlink()
+
+
+def _remove_work(work: Path) -> None:
+    """Remove a work folder: our files, then the folder unless something else is in it."""
+    if not work.is_dir():
+        return
+    for path in work.iterdir():
+        if _OUR_FILES.fullmatch(path.name) or _OUR_JSON.fullmatch(path.name):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        work.rmdir()
+
+
+def install(work, out_dir) -> None:
+    """Move the complete preparation in `work` (its meta.json written) into out_dir, replacing the one there
+    (the module docstring); any step may be repeated after a crash, and `recover` does."""
+    work, out_dir = Path(work), Path(out_dir)
+    with _naming(work / META):
+        if (work / STATE).is_file():  # kept to identify the run (`recover`), under a name no run resumes from
+            os.replace(work / STATE, work / MOVING)
+        index = read_meta(work / META)["shards"]
+        new = [s["file"] for split in SPLITS for s in index[split]]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / META).unlink(missing_ok=True)  # from here until meta.json is back, out_dir reads as interrupted
+        files.fsync_dir(out_dir)
+        for path in out_dir.iterdir():
+            if (_OUR_FILES.fullmatch(path.name) and path.name not in new) or path.name == STATE:
+                path.unlink()  # the old preparation's shards, a checkpoint of an older in-place preparation
+        for name in new:
+            if (work / name).is_file():
+                os.replace(work / name, out_dir / name)
+            elif not (out_dir / name).is_file():
+                raise ValueError(f"cannot finish the preparation of {out_dir}: its shard {name} is in neither "
+                                 f"{work} nor {out_dir}; delete {work} and prepare it again")
+        files.fsync_dir(out_dir)
+        os.replace(work / META, out_dir / META)
+        files.fsync_dir(out_dir)
+    _remove_work(work)
+
+
+def recover(out_dir, settings=None, inputs=None) -> bool:
+    """Finish the move of a preparation of out_dir that had succeeded when it was stopped (its work folder holds
+    meta.json). True when one was moved in and its checkpoint shows these `settings` and `inputs`."""
+    work = work_dir(out_dir)
+    if not (work / META).is_file():
+        return False
+    try:
+        state = json.loads((work / MOVING if (work / MOVING).is_file() else work / STATE).read_text())
+        same = settings is not None and (state["settings"], state["inputs"]) == (settings, inputs)
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False  # no checkpoint (a compaction removes it): the preparation is moved in, not recognised
+    print(f"data.py: {out_dir}: moving in the completed preparation that {work} holds", flush=True)
+    install(work, out_dir)
+    return same
 
 
 # ---------------------------------------------------------------------------- reading

@@ -179,7 +179,8 @@ def build_tasks(cfg, tokenizer_name="gpt2", meta=None) -> tuple[list | None, lis
             print(f"note: probe and multiple choice skipped: the checkpoints use tokenizer {tokenizer_name!r}, "
                   "not gpt2")
         return None, None
-    plays = shakespeare.shakespeare_plays() if (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file) else None
+    need_plays = (cfg.probe and not cfg.probe_file) or (cfg.mc and not cfg.mc_file)
+    plays = shakespeare.shakespeare_plays() if need_plays else None
     probe_task = mc_task = None
     if cfg.probe:
         probe_task = (load_probe_file(cfg.probe_file, tokenizer, cfg.probe_window, cfg.probe_test_fraction, cfg.seed)

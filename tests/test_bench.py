@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from tools import bench
-from support import flops, objective
 import model as model_lib
+from support import flops, peers
+from tools import bench
 
 TINY = ["--device=cpu", "--rounds=3", "--warmup=1", "--layer_tokens=128"]
 
@@ -31,9 +31,9 @@ def test_json_fields_and_values(capsys):
     low, high = r["overhead_round_iqr"]
     assert low <= r["overhead_measured"] <= high  # the median of the per-round ratios lies between their quartiles
     assert math.isclose(r["overhead_of_medians"], r["nitp_step_ms"] / r["ntp_step_ms"] - 1, rel_tol=1e-9)
-    # the FLOPs figures are the accounting's (4 * d projector, the default), not a second formula
-    full = flops.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model)
-    paper = flops.flops_per_token(cfg, 64, projector_hidden=4 * cfg.d_model, paper_mode=True)
+    # the FLOPs figures are the accounting's (the 4 * d SwiGLU projector, the default: 12 d^2), not a second formula
+    full = flops.flops_per_token(cfg, 64, projector_params=12 * cfg.d_model ** 2)
+    paper = flops.flops_per_token(cfg, 64, projector_params=12 * cfg.d_model ** 2, paper_mode=True)
     assert r["overhead_flops"] == full["aux_ratio"] and r["overhead_flops_paper"] == paper["aux_ratio"]
     assert r["flops_per_token_ntp"] == full["ntp"] and r["flops_per_token_nitp_extra"] == full["aux_extra"]
     # the peers, timed in the same interleaved rounds, each against its own FLOPs floor (their defaults)
@@ -44,7 +44,7 @@ def test_json_fields_and_values(capsys):
         low, high = p["overhead_round_iqr"]
         assert low <= p["overhead_measured"] <= high and p["step_ms"] > 0 and p["mfu"] is None
         assert math.isclose(p["tokens_per_s"], 2 * 64 / (p["step_ms"] / 1e3), rel_tol=1e-9)
-    assert abs(r["overhead_flops_9bA1b_paper"] - 0.023) < 0.001  # the paper's ~2.3% (docs/method.md, "FLOPs accounting")
+    assert abs(r["overhead_flops_9bA1b_paper"] - 0.023) < 0.001  # the paper's ~2.3% (docs/method.md, "FLOPs")
     assert 0 < r["overhead_flops_9bA1b_full"] < r["overhead_flops_9bA1b_paper"]  # + attention scores, dense block
     assert r["projector_ms"] > 0 and r["nitp_loss_ms"] > 0  # timed: only the sign is certain on a shared machine
     assert r["moe_layer"].startswith("tiny-moe") and r["moe_path"] == "loop, eager"
@@ -115,13 +115,13 @@ def test_interleaving_order():
 def test_ntp_step_skips_nitp_and_nitp_step_trains_the_projector(monkeypatch):
     cfg, mcfg = bench.resolve(bench.BenchConfig(preset="tiny-dense", device="cpu", seq_len=8))
     seen = []
-    real = objective.nitp_loss_terms
+    real = bench.nitp_loss_terms
 
     def spy(pred, target, **kwargs):
         seen.append((pred.requires_grad, target.shape))
         return real(pred, target, **kwargs)
 
-    monkeypatch.setattr(objective, "nitp_loss_terms", spy)  # the step's loss comes from objective.forward_terms
+    monkeypatch.setattr(bench, "nitp_loss_terms", spy)  # the step's loss comes from nitp_loss_terms
     steps = bench.training_steps(cfg, mcfg, torch.device("cpu"), torch.autocast("cpu", enabled=False))
     steps["ntp"]()
     assert seen == []
@@ -133,9 +133,9 @@ def test_peer_steps_run_their_own_terms(monkeypatch):
     cfg, mcfg = bench.resolve(bench.BenchConfig(preset="tiny-dense", device="cpu", seq_len=8))
     seen = []
     for name in ("mtp_terms", "nextlat_terms"):
-        real = getattr(objective.peers, name)
+        real = getattr(peers, name)
         spy = lambda *args, real=real, name=name, **kwargs: seen.append(name) or real(*args, **kwargs)  # noqa: E731
-        monkeypatch.setattr(objective.peers, name, spy)
+        monkeypatch.setattr(peers, name, spy)
     steps = bench.training_steps(cfg, mcfg, torch.device("cpu"), torch.autocast("cpu", enabled=False))
     assert set(steps) == set(bench.OBJECTIVES)
     steps["ntp"](), steps["nitp"]()

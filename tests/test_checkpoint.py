@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from support import checkpoint
 from model import GPT, get_preset
+from support import checkpoint
 
 VOCAB = 50304
 

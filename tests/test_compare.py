@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
+import config
 from tools import compare
-import train
 
 
 def test_parse_splits_own_flags_from_train_flags():
@@ -53,7 +53,7 @@ def test_deep_target_is_the_last_block_but_one_for_any_preset_depth_or_file(tmp_
     config_file.write_text('preset = "tiny-moe"\nn_layer = 7\nseq_len = 64\n')
     user_flags = [f"--config={config_file}" if f == "CONFIG_FILE" else f for f in user_flags]
     flags = compare.train_flags(compare.parse_args(user_flags), "deep_target", 1, tmp_path / "run")
-    cfg, mcfg = train.resolve_config(train.parse_config(flags))
+    cfg, mcfg = config.resolve_config(config.parse_config(flags))
     assert mcfg.n_layer == n_layer and cfg.target_layer == n_layer - 1
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import data
-from support import shakespeare, tokenizer
+from support import shakespeare, shards, tokenizer
 
 
 @pytest.fixture
@@ -152,7 +152,8 @@ def test_prepare_shakespeare_default_dir(tmp_path, monkeypatch):
     assert 1.3e6 < len(train) + len(val) < 1.7e6
     assert 0.10 < len(val) / (len(train) + len(val)) < 0.20
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"]) == ("gpt2", 50257, 50256)
-    assert sorted(meta["val_documents"]) == sorted(p["title"] for p in shakespeare.shakespeare_plays() if p["split"] == "val")
+    held_out = [p["title"] for p in shakespeare.shakespeare_plays() if p["split"] == "val"]
+    assert sorted(meta["val_documents"]) == sorted(held_out)
     assert len(meta["train_documents"]) == 32
     assert int((val == data.EOT).sum()) == 6 and int((train == data.EOT).sum()) == 32  # one EOT after each play
     assert val[-1] == train[-1] == data.EOT
@@ -246,7 +247,8 @@ def test_corpus_errors(tmp_path):
     one.write_text("a single document cannot be split into train and val")
     with pytest.raises(ValueError, match="at least two"):
         data.prepare(input=str(one), out_dir=str(tmp_path / "out"))
-    assert list((tmp_path / "out").iterdir()) == []  # no meta.json, no shard, no checkpoint left behind
+    # no meta.json, no shard, no checkpoint left behind: neither the folder nor the one it was prepared in
+    assert not (tmp_path / "out").exists() and not shards.work_dir(tmp_path / "out").exists()
     (tmp_path / "notes.md").write_text("not a corpus")
     with pytest.raises(ValueError, match=r"notes.md: unsupported file type; give .txt files"):
         data.prepare(input=str(tmp_path / "notes.md"), out_dir=str(tmp_path / "out"))

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data_shards import wordlevel_json  # noqa: F401 (a fixture)
+from test_eval import tiny_config
+from test_tasks import FAKE_PLAYS
 
-from support import checkpoint, compact, files, shakespeare, tasks
 import config
 import data
 import eval as ev
 import model as model_lib
-from test_data_shards import wordlevel_json  # noqa: F401 (a fixture)
-from test_eval import tiny_config
-from test_tasks import FAKE_PLAYS
+from support import checkpoint, compact, files, shakespeare, tasks
 
 DOCS = [p["text"] for p in FAKE_PLAYS] + ["Unicode: caf\u00e9 \u00fcber \u6f22\u5b57 \U0001f600",
                                           "A literal <|endoftext|> inside a document stays text."]
@@ -75,7 +75,7 @@ def test_compacted_shards_hold_dense_ids_that_decode_to_the_same_text(prepared):
     assert data.load_meta(prepared["other"])["tokenizer"] != meta["tokenizer"]
 
 
-def test_a_uint32_tokenizer_json_compacts_to_uint16_and_decodes_through_it(tmp_path, wordlevel_json):
+def test_a_uint32_tokenizer_json_compacts_to_uint16_and_decodes_through_it(tmp_path, wordlevel_json):  # noqa: F811
     """Another tokenizer (a word-level tokenizer.json of 70,002 ids, so uint32 shards) compacts the same way."""
     docs = [" ".join(f"w{j}" for j in range(i, 70_000, 6_007)) for i in range(6)]
     corpus = write_corpus(tmp_path / "corpus", docs)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from support import corpus, shakespeare, shards, tokenizer
 import data
+from support import corpus, shakespeare, shards, tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["First document.\nTwo lines.", "Unicode: caf\u00e9 \u00fcber \u6f22\u5b57 \U0001f600", "",
@@ -377,18 +377,52 @@ def test_killed_preparation_resumes_byte_identical(formats, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         data.prepare(out_dir=str(out), workers=1, **args)
     monkeypatch.setattr(shards.Writer, "add", real_add)
-    state = json.loads((out / shards.STATE).read_text())
-    assert state["splits"]["train"]["shards"] and 0 < state["next_task"] < 9 and not (out / "meta.json").exists()
-    current = out / shards.shard_name("train", len(state["splits"]["train"]["shards"]))
+    work = shards.work_dir(out)  # everything is written beside out_dir until the preparation has succeeded
+    state = json.loads((work / shards.STATE).read_text())
+    assert state["splits"]["train"]["shards"] and 0 < state["next_task"] < 9 and not out.exists()
+    current = work / shards.shard_name("train", len(state["splits"]["train"]["shards"]))
     with open(current, "ab") as f:
         f.write(b"\xff" * 5)  # half-written tokens
-    (out / "train_00999.bin").write_bytes(b"\xff" * 8)  # a shard the checkpoint never listed
+    (work / "train_00999.bin").write_bytes(b"\xff" * 8)  # a shard the checkpoint never listed
     with pytest.raises(FileNotFoundError, match=r"was interrupted .*rerun the same `python data.py ...` command"):
         data.load_split(out, "train")
     capsys.readouterr()
     data.prepare(out_dir=str(out), workers=2, **args)
     assert f"resuming an interrupted preparation at document {state['next_index']:,}" in capsys.readouterr().out
     assert state["next_index"] > 0 and shard_bytes(out) == shard_bytes(clean)  # every shard and meta.json
+    assert not work.exists()
+
+
+def crash_after_tasks(monkeypatch, tasks: int, error):
+    """Make shards.Writer.add raise `error` once `tasks` tasks are added (after adding the last); returns the real
+    add, to put back with monkeypatch.setattr."""
+    real_add = shards.Writer.add
+
+    def add_then_crash(self, result, limit=None):
+        real_add(self, result, limit)
+        if self.next_index >= tasks:
+            raise error
+
+    monkeypatch.setattr(shards.Writer, "add", add_then_crash)
+    return real_add
+
+
+def kill_after_two_tasks(args, out_dir):
+    """Start `data.py ARGS --out_dir=OUT_DIR` and SIGKILL it once two tasks are in complete shards (read from
+    its resume state in the work folder); the state file's path."""
+    proc = subprocess.Popen([sys.executable, "data.py", *args, f"--out_dir={out_dir}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state, deadline = shards.work_dir(out_dir) / shards.STATE, time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads(state.read_text())["next_task"] >= 2:  # two of the eight files are in complete shards
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()
+    return state
 
 
 def test_resume_refuses_other_flags_and_restarts_on_changed_inputs(tmp_path, monkeypatch, capsys):
@@ -396,27 +430,21 @@ def test_resume_refuses_other_flags_and_restarts_on_changed_inputs(tmp_path, mon
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     (src / "a.jsonl").write_text(jsonl(KEPT[:8]))
-    real_add = shards.Writer.add
-
-    def killed(self, result, limit=None):
-        real_add(self, result, limit)
-        if self.next_index >= 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(shards.Writer, "add", killed)
+    real_add = crash_after_tasks(monkeypatch, 4, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         data.prepare(input=str(src), out_dir=str(out), val_fraction=0.3, workers=1, shard_tokens=7)
     monkeypatch.setattr(shards.Writer, "add", real_add)
-    with pytest.raises(ValueError, match=r"holds an interrupted preparation with other settings \(shard_tokens "
-                                         r"differ\): rerun it with the same flags to resume, or delete .*state"):
+    with pytest.raises(ValueError, match=r"out.preparing holds an interrupted preparation of .*out with other "
+                                         r"settings \(shard_tokens differ\): rerun it with the same flags to "
+                                         r"resume, or delete .*out.preparing to start over"):
         data.prepare(input=str(src), out_dir=str(out), val_fraction=0.3, workers=1, shard_tokens=8)
     (src / "a.jsonl").write_text(jsonl(KEPT[:10]))  # the input changed: the partial shards are of another corpus
     capsys.readouterr()
     data.prepare(input=str(src), out_dir=str(out), val_fraction=0.3, workers=1, shard_tokens=7)
     assert "the input files changed since the interrupted preparation: starting over" in capsys.readouterr().out
     assert streams(out) == gpt2_streams(0.3, KEPT[:10])
-    (out / shards.STATE).write_text("{not json")
-    (out / "meta.json").unlink()
+    shards.work_dir(out).mkdir()
+    (shards.work_dir(out) / shards.STATE).write_text("{not json")
     with pytest.raises(ValueError, match=r"prepare_state.json is damaged .*delete it to start the preparation over"):
         data.prepare(input=str(src), out_dir=str(out), val_fraction=0.3, workers=1, shard_tokens=7)
 
@@ -427,19 +455,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
     src.mkdir()
     data._bench_corpus(src, 6)  # 8 .jsonl files, 6 MB, ~1.8M GPT-2 tokens: one task per file
     args = [f"--input={src}", "--val_fraction=0.05", "--shard_tokens=20000", "--workers=1"]
-    proc = subprocess.Popen([sys.executable, "data.py", *args, f"--out_dir={tmp_path / 'killed'}"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state, deadline = tmp_path / "killed" / shards.STATE, time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text())["next_task"] >= 2:  # two of the eight files are in complete shards
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()
-    assert not (tmp_path / "killed" / "meta.json").exists(), "finished before the kill: nothing was resumed"
+    kill_after_two_tasks(args, tmp_path / "killed")
+    assert not (tmp_path / "killed").exists(), "finished before the kill: nothing was resumed"
     assert data.main([*args, f"--out_dir={tmp_path / 'killed'}"]) == str(tmp_path / "killed")
     data.main([*args, f"--out_dir={tmp_path / 'clean'}"])
     assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "clean")

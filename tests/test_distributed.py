@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from support import checkpoint
-import train
 from test_train import data_dir, tiny_config  # noqa: F401 (data_dir is a fixture)
+
+import train
+from support import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

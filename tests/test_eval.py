@@ -15,13 +15,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_tasks import FAKE_PLAYS, CharTokenizer
 
-from support import tokenizer as tokenizer_lib
-from support import checkpoint, files, report, shakespeare
-import data
 import eval as ev
 import model as model_lib
-from test_tasks import FAKE_PLAYS, CharTokenizer
+from support import checkpoint, files, report, shakespeare
+from support import tokenizer as tokenizer_lib
 
 
 # ---------------------------------------------------------------------------- helpers

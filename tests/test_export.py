@@ -1,4 +1,5 @@
-"""Tests for export.py: a run exported as a transformers checkpoint computes what model.py computes.
+"""Tests for export.py: a run exported as a transformers checkpoint computes what model.py computes, and --force
+replaces only an earlier export or an empty folder, never a run, a folder of runs or anything else.
 
 Needs Hugging Face transformers (a test-only dependency, requirements-test.txt): the whole file is skipped
 without it. Every model is tiny (d_model 32, 2 layers); the checkpoints are written by train.py, either by a
@@ -14,12 +15,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from support import checkpoint  # noqa: E402
 import data  # noqa: E402
-from tools import export  # noqa: E402
 import model as model_lib  # noqa: E402
 import train  # noqa: E402
 from nitp_loss import NITPHead  # noqa: E402
+from support import checkpoint  # noqa: E402
+from tools import export  # noqa: E402
 
 EOT = data.EOT
 # GQA (4 query heads share 2 kv heads), head_dim 16 != d_model / n_head = 8, qkv bias, untied, Qwen2-like rope
@@ -116,7 +117,9 @@ def test_trained_run_exports_to_a_model_with_our_logits_and_generations(trained_
     out = tmp_path / "hf"
     assert export.main([str(run_dir), f"--out={out}"]) == 0
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
-                                       "tokenizer_config.json", "vocab.json"]
+                                       "nitp_export.json", "tokenizer_config.json", "vocab.json"]
+    marker = json.loads((out / "nitp_export.json").read_text())
+    assert marker["written_by"] == "tools/export.py" and marker["step"] == 6 and marker["arch"] == "llama"
     from safetensors.torch import load_file
     names = set(load_file(out / "model.safetensors"))
     assert not any("projector" in n or "w_gate" in n for n in names)  # the NITP head is dropped
@@ -182,28 +185,98 @@ def test_moe_run_is_refused_with_the_reason(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["run"]  # nothing written, not even a temporary folder
 
 
+def snapshot(folder) -> dict:
+    """Every file under `folder` and its bytes (folders included as None): to show that nothing was touched."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
 def test_existing_output_needs_force_and_failures_leave_no_partial_folder(tmp_path, monkeypatch, capsys):
     run_dir = write_run(tmp_path / "run", randomised_model(MHA_TIED))
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous export")
-    assert export.main([run_dir, f"--out={out}"]) == 2
-    assert "--force" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert export.main([run_dir, f"--out={out}"]) == 0
+    first = snapshot(out)
+    assert export.main([run_dir, f"--out={out}"]) == 2  # without --force an existing, non-empty folder is kept
+    assert "--force" in capsys.readouterr().err and snapshot(out) == first
 
     def broken_save(state, folder):
         raise OSError("disk full")
     monkeypatch.setattr(export, "save_weights", broken_save)
     with pytest.raises(OSError, match="disk full"):
         export.export(run_dir, out, force=True)
-    assert os.listdir(out) == ["keep.txt"]  # the old folder is untouched
+    assert snapshot(out) == first  # the earlier export is untouched: the new one was written beside it
     with pytest.raises(OSError, match="disk full"):
         export.export(run_dir, tmp_path / "fresh")
     assert sorted(os.listdir(tmp_path)) == ["hf", "run"]  # no half-written folder, no temporary left behind
 
     monkeypatch.undo()
-    assert export.main([str(checkpoint.latest(run_dir)), f"--out={out}", "--force"]) == 0  # a checkpoint works too
-    assert "keep.txt" not in os.listdir(out) and "config.json" in os.listdir(out)
+    assert export.main([str(checkpoint.latest(run_dir)), f"--out={out}", "--force", "--dtype=bfloat16"]) == 0
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"  # replaced (from a checkpoint too)
     assert sorted(os.listdir(tmp_path)) == ["hf", "run"]
+
+
+# ---------------------------------------------------------------------------- what --force may replace
+@pytest.fixture
+def runs(tmp_path):
+    """runs/a and runs/b, two runs side by side (checkpoints and a log.jsonl each), and their bytes."""
+    for name, seed in (("a", 0), ("b", 1)):
+        write_run(tmp_path / "runs" / name, randomised_model(MHA_TIED, seed=seed))
+        (tmp_path / "runs" / name / "log.jsonl").write_text('{"kind": "config"}\n')
+    return tmp_path / "runs", snapshot(tmp_path / "runs")
+
+
+def test_force_never_replaces_the_run_it_reads(runs, capsys):
+    root, before = runs
+    run = root / "a"
+    ckpt = checkpoint.latest(run)
+    for source, out in [(run, run), (run, run / "checkpoints"), (run, ckpt), (ckpt, ckpt), (ckpt, run),
+                        (ckpt, run / "checkpoints"), (run, run / "hf")]:
+        assert export.main([str(source), f"--out={out}", "--force"]) == 2, (source, out)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "the run" in err[0] and "pick an --out outside the run" in err[0], err
+        assert snapshot(root) == before  # checkpoints and log.jsonl byte for byte, no temporary beside them
+
+
+def test_force_never_replaces_a_folder_of_runs_or_another_run(runs, capsys):
+    root, before = runs
+    assert export.main([str(root / "a"), f"--out={root}", "--force"]) == 2  # it holds the run
+    assert "holds the run" in capsys.readouterr().err
+    assert export.main([str(root / "a"), f"--out={root / 'b'}", "--force"]) == 2  # another run: not an export
+    err = capsys.readouterr().err
+    assert "is not an earlier export" in err and "'checkpoints', which export.py never writes" in err
+    assert snapshot(root) == before and sorted(os.listdir(root.parent)) == ["runs"]  # no temporary beside them
+
+
+def test_force_never_replaces_an_export_with_anything_else_in_it(runs, tmp_path, capsys):
+    root, _ = runs
+    out = tmp_path / "hf"
+    assert export.main([str(root / "a"), f"--out={out}"]) == 0
+    (out / "notes.txt").write_text("mine")
+    kept = snapshot(out)
+    assert export.main([str(root / "a"), f"--out={out}", "--force"]) == 2
+    assert "'notes.txt', which export.py never writes" in capsys.readouterr().err and snapshot(out) == kept
+    (out / "notes.txt").unlink()
+    (out / "nitp_export.json").write_text('{"written_by": "someone else"}')
+    assert export.main([str(root / "a"), f"--out={out}", "--force"]) == 2
+    assert "export.py did not write it" in capsys.readouterr().err
+    (tmp_path / "file").write_text("not a folder")
+    assert export.main([str(root / "a"), f"--out={tmp_path / 'file'}", "--force"]) == 2
+    assert "not a folder" in capsys.readouterr().err and (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_force_replaces_an_earlier_export_or_an_empty_folder(runs, tmp_path):
+    root, _ = runs
+    out = tmp_path / "hf"
+    out.mkdir()
+    assert export.main([str(root / "a"), f"--out={out}"]) == 0  # an empty folder needs no --force
+    assert export.main([str(root / "b"), f"--out={out}", "--force"]) == 0  # an earlier export is replaced
+    assert json.loads((out / "nitp_export.json").read_text())["checkpoint"].endswith("b/checkpoints/step_0000000")
+    (out / "nitp_export.json").unlink()  # an export written before the marker existed counts too
+    assert export.main([str(root / "a"), f"--out={out}", "--force"]) == 0
+    assert "a/checkpoints" in json.loads((out / "nitp_export.json").read_text())["checkpoint"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export.main([str(root / "a"), f"--out={empty}", "--force"]) == 0 and "config.json" in os.listdir(empty)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "hf", "runs"]  # no temporary left behind
 
 
 def test_a_run_on_another_tokenizer_is_refused(tmp_path, capsys):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import data_dir  # noqa: F401 (a fixture)
 
-from support import checkpoint, objective
-from tools import compare
 import eval as eval_lib
 import train
-from test_train import data_dir  # noqa: F401 (a fixture)
+from support import checkpoint
+from tools import compare
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["--preset=tiny-dense", "--device=cpu", "--seq_len=16", "--batch_size=2", "--global_batch_tokens=64",
@@ -186,7 +186,7 @@ def test_a_corrupted_checkpoint_is_refused_never_trained_on_or_overwritten(run_c
 # ---------------------------------------------------------------------------- non-finite values while training
 def test_a_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path, data_dir, capsys,  # noqa: F811
                                                                            monkeypatch):
-    real = objective.forward_terms
+    real = train.forward_terms
     calls = []
 
     def nan_at_step_5(*a, **k):  # 2 micro-batches a step: the 9th forward pass is step 5's first
@@ -203,7 +203,7 @@ def test_a_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_pa
 
 
 def test_skip_policy_drops_non_finite_updates_and_finishes(tmp_path, data_dir, capsys, monkeypatch):  # noqa: F811
-    real, calls = objective.forward_terms, []
+    real, calls = train.forward_terms, []
 
     def nan_once(*a, **k):
         calls.append(1)
@@ -284,3 +284,25 @@ def test_sigkill_at_random_points_of_saves_and_resumes_leaves_a_loadable_checkpo
     assert train.main([a for a in argv if not a.startswith("--max_steps")] + [f"--max_steps={final + 2}",
                                                                               "--resume=true"]) == 0
     intact(out, step=final + 2)
+
+
+# ---------------------------------------------------------------------------- one run per folder
+def test_two_runs_started_together_into_one_folder_exactly_one_trains(tmp_path, data_dir):  # noqa: F811
+    """Two train.py processes at the same moment into the same fresh folder: one trains to the end, the other is
+    refused in one line naming the folder and the process holding it, and log.jsonl holds the first run's lines
+    only. The lock dies with its process: a later run into the folder is not refused by a stale lock."""
+    out = tmp_path / "out"
+    procs = [_spawn(args(out, data_dir, "--eval_batches=0", steps=8)) for _ in range(2)]
+    results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in results]
+    (_, _, refused_err), = [r for r in results if r[0] == 2]
+    (_, winner_out, _), = [r for r in results if r[0] == 0]
+    lines = refused_err.strip().splitlines()
+    assert len(lines) == 1 and "is in use by another run (process " in lines[0] and str(out) in lines[0]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records].count("config") == 1
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 9))  # one run's 8 steps, once each
+    intact(out, step=8)
+    proc = _spawn(args(out, data_dir, "--eval_batches=0", "--resume=true", steps=9))  # the winner has exited
+    assert proc.wait(timeout=240) == 0, proc.communicate()[1][-2000:]

@@ -1,14 +1,17 @@
 """Tests for flops.py: the paper-mode count against the paper's own figures (within 1%: the paper rounds them to
 three digits), the full count against a hand count on a tiny MoE (exact: integer arithmetic on both sides), and
-the GPU peak lookup (CUDA faked by its device name)."""
+every NITP projector kind counted from the head itself, and the GPU peak lookup (CUDA faked by its device name)."""
 
 import dataclasses
 
+import pytest
 import torch
 
+from config import ObjectiveConfig, resolve_objective
+from model import PRESETS, get_preset
+from nitp_loss import HEAD_KINDS, NITPHead
 from support import flops
 from support.flops import flops_per_token
-from model import PRESETS, get_preset
 
 
 def tiny(name, vocab_size=97):
@@ -17,7 +20,7 @@ def tiny(name, vocab_size=97):
 
 def test_flops_paper_mode_reproduces_spec_ratio():
     c = PRESETS["9bA1b"]
-    f = flops_per_token(c, 8192, projector_hidden=4 * c.d_model, paper_mode=True)
+    f = flops_per_token(c, 8192, projector_params=12 * c.d_model ** 2, paper_mode=True)
     assert abs(f["ntp"] / 5.06e9 - 1) < 0.01 and abs(f["aux_extra"] / 1.18e8 - 1) < 0.01
     assert abs(f["aux_extra"] / f["ntp"] - 0.023) < 0.001
     assert flops_per_token(c, 8192)["aux_extra"] == 0
@@ -31,9 +34,22 @@ def test_flops_full_count_by_hand():
     dense = 6 * 1 * 3 * 32 * 64
     moe = 6 * 2 * (3 * 32 * 16 * 3 + 32 * 8)  # 3 active experts + router
     unembed = 6 * 32 * 97
-    f = flops_per_token(c, T, projector_hidden=128)
+    f = flops_per_token(c, T, projector_params=3 * 32 * 128)
     assert f["ntp"] == attn_proj + scores + dense + moe + unembed
     assert f["aux_extra"] == 6 * 3 * 32 * 128 + 18 * 32
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_every_projector_kind_is_counted_from_the_head(kind):
+    """What train.py logs MFU from: 6 FLOPs per weight of the head (forward + backward) and the loss's ~18 d, for
+    every kind NITPHead builds, so a new kind is counted without editing flops.py (and fails here if it is not)."""
+    c = tiny("tiny-dense")
+    cfg = resolve_objective(ObjectiveConfig(objective="nitp", projector=kind), c)
+    head_params = sum(p.numel() for p in NITPHead(c.d_model, kind=kind).parameters())
+    cost = flops_per_token(c, 16, **flops.aux_flops_kwargs(cfg, c))
+    assert cost["aux_extra"] == 6 * head_params + 18 * c.d_model
+    assert (cost["aux_extra"] > 18 * c.d_model) == (kind != "none")
+    assert flops.aux_flops_kwargs(resolve_objective(ObjectiveConfig(objective="ntp"), c), c) == {}
 
 
 def test_peak_bf16_flops(monkeypatch):

@@ -4,13 +4,16 @@ operations in the same order), so those comparisons are torch.equal, not a toler
 them. rms_norm reorders its sums on purpose and is compared with a float32 tolerance."""
 
 import dataclasses
+import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from support import fused
 import model as model_lib
+import train
+from support import fused
 
 
 def outputs_and_grads(fn, *inputs):
@@ -107,3 +110,24 @@ def test_enabled_only_for_eager_float32_without_autocast_unless_disabled():
     with fused.disabled():
         assert not fused.enabled(x)
     assert fused.enabled(x)
+
+
+def test_train_flag_fused_kernels_false_runs_the_plain_formulas(tmp_path, monkeypatch):
+    """train.py --fused_kernels=false: no fused Function is called during the run, and the switch is restored after
+    it; the default run calls them (on CPU, float32)."""
+    calls = []
+    for name in ("RMSNorm", "RoPE", "SwiGLU"):
+        real = getattr(fused, name).apply
+        spy = lambda *a, real=real, name=name: calls.append(name) or real(*a)
+        monkeypatch.setattr(getattr(fused, name), "apply", spy)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (np.arange(4000) % 60).astype(np.uint16).tofile(data_dir / "train.bin")
+    (np.arange(1000) % 60).astype(np.uint16).tofile(data_dir / "val.bin")
+    (data_dir / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}))
+    base = dict(preset="tiny-dense", data_dir=str(data_dir), device="cpu", seq_len=16, batch_size=2,
+                global_batch_tokens=32, max_steps=1, eval_batches=0, ckpt_interval=0)
+    train.train(train.TrainConfig(out_dir=str(tmp_path / "plain"), fused_kernels=False, **base))
+    assert calls == [] and fused.enabled(torch.zeros(1))  # none called; the process-wide switch is back on
+    train.train(train.TrainConfig(out_dir=str(tmp_path / "fused"), **base))
+    assert {"RMSNorm", "RoPE", "SwiGLU"} <= set(calls)

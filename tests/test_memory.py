@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from support import memory
 import model as model_lib
+from support import memory
 
 GIB = 2**30
 

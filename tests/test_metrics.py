@@ -96,6 +96,7 @@ def test_aux_loss_key_names_the_train_and_val_lines_keys():
 
 def test_import_metrics_does_not_import_matplotlib():
     # train.py imports the metrics on every run: it must not pay for (or need) the plotting stack
-    code = "from support import metrics; import sys; assert 'matplotlib' not in sys.modules, 'metrics.py imported matplotlib'"
+    code = ("from support import metrics; import sys; "
+            "assert 'matplotlib' not in sys.modules, 'metrics.py imported matplotlib'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

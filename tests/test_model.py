@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import model as model_lib
-from model import (GPT, MoE, PRESETS, CausalSelfAttention, GPTConfig, apply_rope, get_preset,
-                   rope_cos_sin)
+from model import GPT, PRESETS, CausalSelfAttention, GPTConfig, MoE, apply_rope, get_preset, rope_cos_sin
 
 F64 = dict(rtol=1e-10, atol=1e-10)  # see module docstring
 F32 = dict(rtol=1e-4, atol=1e-6)

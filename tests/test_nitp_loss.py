@@ -14,8 +14,18 @@ import math
 import pytest
 import torch
 
-from nitp_loss import (LOSS_TYPES, NITPHead, counted_pairs, document_pair_mask, nitp_loss, nitp_loss_terms,
-                       nitp_pair_mask, pairwise_cosine_penalty, pairwise_cosine_penalty_terms, pairwise_pair_count)
+from nitp_loss import (
+    LOSS_TYPES,
+    NITPHead,
+    counted_pairs,
+    document_pair_mask,
+    nitp_loss,
+    nitp_loss_terms,
+    nitp_pair_mask,
+    pairwise_cosine_penalty,
+    pairwise_cosine_penalty_terms,
+    pairwise_pair_count,
+)
 
 TOL = 1e-9  # float64 vs float64, see module docstring
 
@@ -298,7 +308,8 @@ def test_pair_masks_and_counts_agree_with_the_loss_and_a_loop(seed, shift):
     pair_valid = torch.rand(B, T - shift, generator=g) < 0.6
     pred, target = torch.randn(B, T, 4, generator=g), torch.randn(B, T, 4, generator=g)
     # counted_pairs: both ends valid and the pair allowed, for every loss path
-    loop = sum(bool(valid[b, t] and valid[b, t + shift] and pair_valid[b, t]) for b in range(B) for t in range(T - shift))
+    loop = sum(bool(valid[b, t] and valid[b, t + shift] and pair_valid[b, t])
+               for b in range(B) for t in range(T - shift))
     assert counted_pairs(valid, shift, pair_valid).sum().item() == loop
     assert nitp_loss_terms(pred, target, valid, shift, pair_valid=pair_valid)[1].item() == loop
     # nitp_pair_mask: every position a real token; a pair crosses a document end when EOT is in tokens[t : t + shift]

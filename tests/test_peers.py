@@ -1,4 +1,4 @@
-"""Tests for peers.py and the peers' place in objective.py, train.py, export.py and the FLOPs accounting: MTP and
+"""Tests for peers.py and the peers' place in train.py, export.py and the FLOPs accounting: MTP and
 NextLat against naive references that loop over positions, where their gradients stop, the shift and masking at
 the ends of a window, weight 0 is NTP bit for bit, the heads are trained, checkpointed and never exported, and
 their FLOPs by hand. The 2-process test is in tests/test_distributed.py."""
@@ -9,15 +9,16 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
-from support import checkpoint, memory, objective, peers
-from tools import compare
-from tools import export
-import train
-from support.flops import flops_per_token
-from model import GPT, get_preset
-from support.objective import ObjectiveConfig, aux_pair_masks, forward_terms, resolve_objective, total_loss
 from test_train import assert_same_weights, data_dir, read_log, tiny_config  # noqa: F401 (data_dir is a fixture)
+
+import config
+import train
+from config import ObjectiveConfig, resolve_objective
+from model import GPT, get_preset
+from support import checkpoint, flops, memory, peers
+from support.flops import flops_per_token
+from tools import compare, export
+from train import aux_pair_masks, forward_terms
 
 EOT = 50256
 
@@ -32,7 +33,7 @@ def setup(name, preset="tiny-dense", T=7, B=2, double=True, **fields):
     mcfg = tiny(preset)
     model = GPT(mcfg)
     cfg = resolve_objective(ObjectiveConfig(objective=name, **fields), mcfg)
-    head = objective.build_projector(cfg, mcfg)
+    head = train.build_projector(cfg, mcfg)
     if name == "nextlat":  # its last layer starts at zero (the identity): give it something to compute
         torch.nn.init.normal_(head.net[-1].weight, std=0.3)
     if double:
@@ -136,7 +137,7 @@ def test_nextlat_matches_a_naive_loop_over_positions(fields):
     torch.testing.assert_close(terms.aux_sum, reference)
     torch.testing.assert_close(terms.aux_parts["h"], reg)
     torch.testing.assert_close(terms.aux_parts["kl"], kl)
-    assert objective.aux_weight(cfg) == 1.0  # the two weights are inside the term
+    assert train.aux_weight(cfg) == peers.weight(cfg) == 1.0  # the two weights are inside the term
 
 
 def test_nextlat_gradient_stops_at_the_target_and_the_frozen_head():
@@ -157,18 +158,17 @@ def test_nextlat_gradient_stops_at_the_target_and_the_frozen_head():
 def test_config_weights_and_errors():
     mcfg = tiny()
     cfg = resolve_objective(ObjectiveConfig(objective="mtp"), mcfg)
-    assert (cfg.mtp_depth, cfg.mtp_weight, objective.aux_weight(cfg)) == (1, 0.3, 0.3)  # DeepSeek-V3's
+    assert (cfg.mtp_depth, cfg.mtp_weight, peers.weight(cfg)) == (1, 0.3, 0.3)  # DeepSeek-V3's
     nitp = resolve_objective(ObjectiveConfig(objective="nitp", nitp_weight=0.8), mcfg)
-    assert objective.aux_weight(nitp) == 0.8 and objective.aux_weight(dataclasses.replace(nitp, objective="ntp")) == 0
-    assert total_loss(2.0, 0.5, None, aux_weight=objective.aux_weight(cfg)) == 2.0 + 0.3 * 0.5
+    assert peers.weight(dataclasses.replace(nitp, objective="cosreg")) == 0.8  # cosreg takes NITP's lambda
     for fields, match in [(dict(mtp_depth=0), "mtp_depth"), (dict(mtp_weight=-1.0), "mtp_weight"),
                           (dict(nextlat_kl_weight=-0.1), "nextlat_kl_weight")]:
         with pytest.raises(ValueError, match=match):
             resolve_objective(ObjectiveConfig(objective="mtp", **fields), mcfg)
     with pytest.raises(ValueError, match="mtp_depth=8 must be below seq_len=8"):
-        train.resolve_config(train.TrainConfig(preset="tiny-dense", objective="mtp", mtp_depth=8, seq_len=8))
+        config.resolve_config(train.TrainConfig(preset="tiny-dense", objective="mtp", mtp_depth=8, seq_len=8))
     with pytest.raises(ValueError, match="finite"):
-        train.resolve_config(train.TrainConfig(preset="tiny-dense", nextlat_weight=float("nan"), seq_len=8))
+        config.resolve_config(train.TrainConfig(preset="tiny-dense", nextlat_weight=float("nan"), seq_len=8))
     assert compare.train_flags(compare.parse_args([]), "nextlat", 1, compare.Path("o"))[0] == "--objective=nextlat"
     assert compare.VARIANTS["mtp"] == {"objective": "mtp"}
 
@@ -182,7 +182,7 @@ def test_flops_of_the_peers_by_hand():
     assert mtp["ntp"] == ntp and mtp["aux_extra"] == 2 * (6 * 2 * 32 * 32 + block + 6 * 97 * 32)
     nextlat = flops_per_token(c, T, nextlat=True)
     assert nextlat["aux_extra"] == 6 * 4 * 32 * 32 + 4 * 97 * 32 and nextlat["aux_ratio"] == nextlat["aux_extra"] / ntp
-    assert objective.aux_flops_kwargs(resolve_objective(ObjectiveConfig(objective="mtp", mtp_depth=2), c), c) == {
+    assert flops.aux_flops_kwargs(resolve_objective(ObjectiveConfig(objective="mtp", mtp_depth=2), c), c) == {
         "mtp_depth": 2}
     small = get_preset("small")  # the README's figures
     assert round(100 * flops_per_token(small, 256, mtp_depth=1)["aux_ratio"], 1) == 77.0
@@ -193,7 +193,7 @@ def test_memory_plan_counts_the_peers_logits():
     mcfg = tiny()
     plain, mtp = (memory.plan_memory(mcfg, 1, 2, 16, 1000, 4, aux_logit_heads=n) for n in (0, 2))
     assert mtp.logits == 3 * plain.logits and mtp.total - plain.total == 2 * plain.logits
-    assert objective.aux_logit_heads(resolve_objective(ObjectiveConfig(objective="mtp", mtp_depth=2), mcfg)) == 2
+    assert peers.logit_heads(resolve_objective(ObjectiveConfig(objective="mtp", mtp_depth=2), mcfg)) == 2
 
 
 # ---------------------------------------------------------------------------- training, checkpoints, export
@@ -228,7 +228,7 @@ def test_peer_runs_log_checkpoint_and_export_without_their_head(tmp_path, data_d
     saved = checkpoint.saved_keys(checkpoint.latest(tmp_path / "run"))
     assert any(k.startswith("model.projector.") for k in saved)
     deployed, _ = checkpoint.load_model(tmp_path / "run")  # the model alone: the head is not part of GPT
-    _, mcfg = train.resolve_config(cfg)
+    _, mcfg = config.resolve_config(cfg)
     assert deployed.num_params() == GPT(mcfg).num_params() == log[0]["num_params"]
     assert_same_weights(deployed, result.model)
     if name == "nextlat":  # dense: exportable; every exported tensor is the model's, none the head's

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import data
 from support import files, metrics, report
 
 LAYER_NAMES = ["embedding", "block 1", "block 2", "final norm"]
@@ -32,7 +31,8 @@ def fake_result(name, objective, run_dir, group=None, seed=0, steps=30, scored=T
                         for s in range(0, steps, 5)],
                "train_aux": [[s, 0.3 + 0.5 * np.exp(-s / 5) + 0.05 * rng.random()] for s in range(steps)]
                if objective != "ntp" else []}
-    result = {"run_dir": files.repo_relative(run_dir), "name": name, "label": f"{name} ({objective})", "objective": objective,
+    result = {"run_dir": files.repo_relative(run_dir), "name": name, "label": f"{name} ({objective})",
+              "objective": objective,
               "group": group or name, "step": steps, metrics.VAL_LOSS: 4.0, "val_loss_log": 4.25,
               metrics.EFFECTIVE_RANK: 12.0, "effective_rank_max": 15, metrics.AVG_COSINE: 0.3, "layers": layers,
               "history": history}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from support import runtime
 import train
+from support import runtime
 
 
 @pytest.fixture
@@ -108,3 +108,23 @@ def test_adamw_options_pick_the_fused_kernel_on_cpu_with_the_loop_s_results():
         results.append(params)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_clip_grad_norm_ignores_zero_grads_exactly():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(7, 5)) for _ in range(9)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    zeros = [torch.nn.Parameter(torch.randn(3, 3)) for _ in range(4)]
+    for p in zeros:
+        p.grad = torch.zeros_like(p)
+    grads_before = [p.grad.clone() for p in params]
+    norm = runtime.clip_grad_norm(params, 1.0)
+    clipped = [p.grad.clone() for p in params]
+    for p, g in zip(params, grads_before):
+        p.grad = g.clone()
+    assert torch.equal(runtime.clip_grad_norm(params + zeros, 1.0), norm)
+    assert all(torch.equal(p.grad, c) for p, c in zip(params, clipped))
+    expected = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads_before]))
+    torch.testing.assert_close(norm, expected)  # float32 rounding only
+    assert torch.linalg.vector_norm(torch.cat([c.flatten() for c in clipped])).item() == pytest.approx(1.0, rel=1e-5)

@@ -13,8 +13,8 @@ import pytest
 
 import data
 import eval as ev
-from support import tokenizer as tokenizer_lib
 from support import shakespeare, tasks
+from support import tokenizer as tokenizer_lib
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -93,7 +93,8 @@ def test_build_tasks_builds_the_builtin_tasks_reads_user_files_and_skips_other_t
     # a model with another tokenizer cannot be fed these texts: both tasks are skipped, whatever cfg asks
     assert tasks.build_tasks(cfg, "qwen2") == (None, None)
     # the user's files replace the built-in tasks, and the plays are then not read at all
-    monkeypatch.setattr(shakespeare, "shakespeare_plays", lambda: pytest.fail("plays read although both tasks are files"))
+    unread = lambda: pytest.fail("plays read although both tasks are files")
+    monkeypatch.setattr(shakespeare, "shakespeare_plays", unread)
     probe_file, mc_file = tmp_path / "probe.jsonl", tmp_path / "mc.jsonl"
     probe_file.write_text('{"text": "abc", "label": "x", "split": "train"}\n'
                           '{"text": "de", "label": "y", "split": "val"}\n')

@@ -5,12 +5,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from tools import vs_nanogpt  # noqa: E402
-
 import model as model_lib  # noqa: E402
+from tools import vs_nanogpt  # noqa: E402
 
 
 def test_a_missing_nanogpt_checkout_is_one_line_and_exit_2(tmp_path, capsys):

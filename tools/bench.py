@@ -18,7 +18,7 @@ gives (flops.flops_per_token); a good implementation sits on it. On the device a
     FLOPs (hidden width (top_k + n_shared) * d_expert), forward + backward, tokens/s;
   * the FLOPs overhead in the spec's paper mode, for the preset and for 9bA1b (the paper says ~2.3%).
 Every BenchConfig field is a `--field=value` flag. The step is built here from the pieces train.py uses
-(model.GPT, objective.forward_terms and total_loss, torch.optim.AdamW); flags, device and CPU settings come
+(model.GPT, nitp_loss.nitp_loss_terms, peers.aux_terms, torch.optim.AdamW); flags, device and CPU settings come
 from runtime.py. Nothing runs at import.
 """
 
@@ -36,11 +36,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
-from support import flops, runtime
 import model as model_lib
-from nitp_loss import NITPHead, nitp_loss
-from support.objective import (ObjectiveConfig, aux_flops_kwargs, aux_pair_masks, aux_weight, balance_weight, build_projector,
-                       forward_terms, resolve_objective, total_loss)
+from config import ObjectiveConfig, resolve_objective
+from nitp_loss import NITPHead, nitp_loss, nitp_loss_terms, nitp_pair_mask
+from support import flops, peers, runtime
 
 OBJECTIVES = ("ntp", "nitp", "mtp", "nextlat")  # the training steps timed against each other
 
@@ -151,7 +150,7 @@ def time_interleaved(runs: dict, rounds: int, warmup: int, device, label: str):
 
 def training_steps(cfg, mcfg, device, autocast, ce_chunk=0, names=OBJECTIVES):
     """{name: step} for the objectives `names`: one optimizer step each on a fixed random batch, with one shared
-    model, each objective's own head (objective.build_projector: NITP's projector, MTP's modules, NextLat's
+    model, each objective's own head (NITP's projector, MTP's modules, NextLat's
     dynamics model) and one AdamW over all of them (a step leaves the other heads' grads None, so AdamW and
     clipping skip them). Each objective keeps its defaults (MTP depth 1, weight 0.3; NextLat weights 1, 1).
     ce_chunk: the loss head's chunk (0: full logits)."""
@@ -161,22 +160,31 @@ def training_steps(cfg, mcfg, device, autocast, ce_chunk=0, names=OBJECTIVES):
                                                           projector_hidden=cfg.projector_hidden, ce_chunk=ce_chunk),
                                           mcfg)
                   for name in names}
-    heads = {name: build_projector(o, mcfg) for name, o in objectives.items()}
+    heads = {name: NITPHead(mcfg.d_model, o.projector_hidden, init_std=mcfg.init_std) if name == "nitp"
+             else peers.build_head(o, mcfg) if name in peers.PEERS else None for name, o in objectives.items()}
     heads = {name: head.to(device) if head is not None else None for name, head in heads.items()}
     params = [*model.parameters(), *(p for head in heads.values() if head is not None for p in head.parameters())]
     # fused on CPU too: one kernel for all tensors, 17 ms instead of 158 ms a step for "small" (measured here)
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     batch = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
     x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
-    pair_masks = {name: aux_pair_masks(o, [x], separator=None) for name, o in objectives.items()}  # (masks, count)
+    nitp_mask = nitp_pair_mask(x, 1)  # (B, T - 1): every pair counts on one random window
+    masks = {name: peers.pair_masks(o, [x]) for name, o in objectives.items() if name in peers.PEERS}
 
-    def compute_loss(x, y, name: str):  # the training step's loss, as train.py builds it
-        (mask,), pair_count = pair_masks[name]
-        terms = forward_terms(model, heads[name], objectives[name], x, y, mask)
-        loss_aux = terms.aux_sum / pair_count.float() if terms.aux_sum is not None else None
-        balance = terms.balance.float()
-        return total_loss(terms.ce_sum / y.numel(), loss_aux, balance, aux_weight(objectives[name]),
-                          balance_weight(mcfg))
+    def compute_loss(x, y, name: str):  # the training step's loss, as train.py's train_step builds it
+        o, head = objectives[name], heads[name]
+        taps = {o.target_layer} | (peers.taps(o, mcfg.n_layer) if name in peers.PEERS else set())
+        out = model(x, layers=tuple(sorted(taps)), compute_logits=name == "nextlat" and not ce_chunk, targets=y,
+                    ce_chunk=ce_chunk)
+        loss, balance = out.ce_sum / y.numel(), out.balance_loss
+        if name == "nitp":
+            nitp_sum, pairs = nitp_loss_terms(head(out.final_hidden), out.layers[o.target_layer], pair_valid=nitp_mask)
+            loss = loss + o.nitp_weight * nitp_sum / pairs
+        elif name in peers.PEERS:
+            (mask,), pairs = masks[name]
+            aux_sum, balance, _ = peers.aux_terms(model, head, o, out, out.final_hidden, y, mask)
+            loss = loss + peers.weight(o) * aux_sum / pairs.float()
+        return loss + mcfg.balance_coef * balance.float() if mcfg.n_routed_experts else loss
 
     loss_fn = torch.compile(compute_loss) if cfg.compile else compute_loss  # one graph per objective
 
@@ -301,9 +309,9 @@ def peer_result(name, times, peaks, cfg, mcfg, peak, cuda) -> dict:
     """One peer's figures (mtp, nextlat): its step against NTP's, measured and by the FLOPs accounting (its
     defaults: MTP depth 1; docs/method.md, "Peers: MTP and NextLat"), here and at 9bA1b's size."""
     objective = resolve_objective(ObjectiveConfig(objective=name), mcfg)
-    cost = flops.flops_per_token(mcfg, cfg.seq_len, **aux_flops_kwargs(objective, mcfg))
+    cost = flops.flops_per_token(mcfg, cfg.seq_len, **flops.aux_flops_kwargs(objective, mcfg))
     big = model_lib.get_preset("9bA1b")
-    big_full = flops.flops_per_token(big, 8192, **aux_flops_kwargs(objective, big))["aux_ratio"]
+    big_full = flops.flops_per_token(big, 8192, **flops.aux_flops_kwargs(objective, big))["aux_ratio"]
     (low, median, high), step_s = overhead_quartiles(times, name), statistics.median(times[name])
     tokens = cfg.batch_size * cfg.seq_len
     return {"step_ms": 1e3 * step_s, "tokens_per_s": tokens / step_s, "overhead_measured": median - 1,
@@ -331,10 +339,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         layer_runs, moe_about, moe_path = moe_and_dense_layers(cfg, device, autocast)
         layer_times, _ = time_interleaved(layer_runs, cfg.rounds, cfg.warmup, device, "MoE vs dense layer")
 
-    cost = flops.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden)
-    paper = flops.flops_per_token(mcfg, cfg.seq_len, cfg.projector_hidden, paper_mode=True)
+    nitp = flops.aux_flops_kwargs(ObjectiveConfig(projector_hidden=cfg.projector_hidden), mcfg)  # from the head
+    cost = flops.flops_per_token(mcfg, cfg.seq_len, **nitp)
+    paper = flops.flops_per_token(mcfg, cfg.seq_len, **nitp, paper_mode=True)
     big = model_lib.get_preset("9bA1b")
-    big_paper, big_full = (flops.flops_per_token(big, 8192, 4 * big.d_model, paper_mode=mode)["aux_ratio"]
+    big_nitp = flops.aux_flops_kwargs(ObjectiveConfig(), big)  # the paper's 4 d SwiGLU head
+    big_paper, big_full = (flops.flops_per_token(big, 8192, **big_nitp, paper_mode=mode)["aux_ratio"]
                            for mode in (True, False))
     ntp_s, nitp_s = (statistics.median(times[name]) for name in ("ntp", "nitp"))
     quartiles = overhead_quartiles(times, "nitp")
@@ -365,7 +375,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     head_ratios = [b / a for a, b in zip(head_times["plain"], head_times["chunked"])]
     peaks_head = head_peaks if cuda else cpu_peak_memory(cfg, mcfg)
     r.update({"ce_chunk": cfg.ce_chunk, "head_chunked_vs_plain_time": statistics.median(head_ratios),
-              "head_peak_plain_gib": peaks_head["plain"] / 2**30, "head_peak_chunked_gib": peaks_head["chunked"] / 2**30,
+              "head_peak_plain_gib": peaks_head["plain"] / 2**30,
+              "head_peak_chunked_gib": peaks_head["chunked"] / 2**30,
               "head_peak_kind": "CUDA max allocated" if cuda else "peak RSS of a fresh process (2 steps)",
               "head_logits_gib": cfg.batch_size * cfg.seq_len * mcfg.vocab_size * 8 / 2**30})
     moe_floor = 0.7 if cuda else 0.5  # the README's targets; MFU's is for H100 + gpt2-124m + bf16 + compile only
@@ -405,7 +416,8 @@ def format_table(r: dict) -> str:
         f"{r['moe_tokens_per_s']:,.0f} vs dense {r['dense_tokens_per_s']:,.0f} tokens/s = {r['moe_vs_dense']:.2f}x",
         f"loss head ({r['ce_chunk']} positions a chunk vs full logits; logits + their gradient in fp32 "
         f"{r['head_logits_gib']:.2f} GiB): step time {r['head_chunked_vs_plain_time']:.3f}x the plain head's; "
-        f"{r['head_peak_kind']}: {r['head_peak_plain_gib']:.2f} GiB plain, {r['head_peak_chunked_gib']:.2f} GiB chunked",
+        f"{r['head_peak_kind']}: {r['head_peak_plain_gib']:.2f} GiB plain, "
+        f"{r['head_peak_chunked_gib']:.2f} GiB chunked",
         *(f"{name.upper() if name == 'mtp' else 'NextLat'} (defaults): step {p['step_ms']:.1f} ms, "
           f"{p['tokens_per_s']:,.0f} tokens/s; overhead measured {pct(p['overhead_measured'])} (IQR "
           f"{pct(p['overhead_round_iqr'][0])} .. {pct(p['overhead_round_iqr'][1])}), FLOPs floor "

@@ -16,7 +16,7 @@ logs) beside its FLOPs floor, and at which eval steps during training the curves
 Its figures: variants.png (every seed's final value beside the references' bands), curves.png (the metrics
 logged during training, mean ± std over seeds per variant).
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
-Imports eval.py, report.py, metrics.py, flops.py, model.py and objective.py (never train.py: it runs as its
+Imports eval.py, model.py and support/ (report, metrics, flops; never train.py: it runs as its
 own process, as a user would run it).
 """
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
-from support import checkpoint, files, flops, metrics, objective, report, runtime
 import eval as eval_lib
 import model as model_lib
+from support import checkpoint, files, flops, metrics, report, runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,7 +176,7 @@ def training_speed(run_dir: Path) -> dict:
     meta = checkpoint.read_meta(checkpoint.latest(run_dir))
     train_cfg = types.SimpleNamespace(**meta["train_config"])  # aux_flops_kwargs reads a few of its fields
     mcfg = model_lib.GPTConfig.from_dict(meta["model_config"])
-    cost = flops.flops_per_token(mcfg, train_cfg.seq_len, **objective.aux_flops_kwargs(train_cfg, mcfg))
+    cost = flops.flops_per_token(mcfg, train_cfg.seq_len, **flops.aux_flops_kwargs(train_cfg, mcfg))
     return {TOKENS_PER_S: statistics.median(speeds) if speeds else None, FLOPS_OVERHEAD: cost["aux_ratio"]}
 
 

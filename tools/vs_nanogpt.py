@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
-from support import fused  # noqa: E402
 import model as ours  # noqa: E402
-from support import runtime  # noqa: E402
+from support import (
+    fused,  # noqa: E402
+    runtime,  # noqa: E402
+)
 
 
 def load_nanogpt(folder):
