@@ -320,10 +320,14 @@ def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = Non
              for k, v in meta["model_config"].items() if model_ours.get(k) != v]
     diffs += [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in ours
               if k not in RESUME_MAY_CHANGE + ("model_overrides", "data_dir") and theirs.get(k) != ours[k]]
+    data_meta = data_meta or data.load_meta(files.from_repo(data_dir))
     if meta.get("data_dir") != data_dir:
         diffs.append(f"data_dir: checkpoint {meta.get('data_dir')!r}, this run {data_dir!r}")
-    elif problem := compact.vocab_mismatch(data_meta or data.load_meta(files.from_repo(data_dir)), meta):
+    elif problem := compact.vocab_mismatch(data_meta, meta):
         diffs.append(f"data_dir {data_dir!r} was prepared again since: {problem} (prepare it as it was)")
+    elif meta.get("data_fingerprint") not in (None, data.fingerprint(files.from_repo(data_dir), data_meta)):
+        diffs.append(f"data_dir {data_dir!r} was prepared again since: its shards hold other tokens than the ones "
+                     "the checkpoint trained on (prepare it as it was, from the same text)")
     if diffs:
         raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)
                          + ". Pass the checkpoint's values, or drop --resume / use a new --out_dir")

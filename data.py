@@ -252,6 +252,22 @@ def load_split(data_dir, split: str) -> shards.TokenStream:
     return shards.open_split(data_dir, meta, split, _prepare_hint(data_dir))
 
 
+def fingerprint(data_dir, meta: dict) -> str:
+    """What a prepared folder holds, in 16 hex digits: its tokenizer, shard index (names and token counts) and a
+    sample of every shard's bytes (the first, middle and last 64 KiB). A folder prepared again from other text
+    differs; the same preparation on another machine gives the same. Checkpoints store it; --resume compares."""
+    digest = hashlib.sha256(json.dumps([meta.get("tokenizer_fingerprint"), meta.get("dtype"), meta.get("shards")],
+                                       sort_keys=True).encode())
+    for split in shards.SPLITS:
+        for path, _ in shards.split_files(data_dir, meta, split):
+            size, piece = path.stat().st_size, 1 << 16
+            with open(path, "rb") as f:
+                for offset in (0, max(0, size // 2 - piece // 2), max(0, size - piece)):
+                    f.seek(offset)
+                    digest.update(f.read(piece))
+    return digest.hexdigest()[:16]
+
+
 def split_files(data_dir, split: str) -> list[Path]:
     """The files of a split, in stream order (eval.py's report names the first)."""
     return [path for path, _ in shards.split_files(data_dir, load_meta(data_dir), split)]

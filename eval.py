@@ -60,6 +60,21 @@ class EvalConfig:
     device: str = "auto"          # "auto" -> cuda when available, else cpu
     seed: int = 0
 
+    def __post_init__(self):
+        for ok, message in [
+            (min(self.max_tokens, self.batch_tokens, self.num_pairs, self.probe_window, self.probe_per_play,
+                 self.num_mc, self.mc_context_lines) > 0,
+             "max_tokens, batch_tokens, num_pairs, probe_window, probe_per_play, num_mc and mc_context_lines must be "
+             "positive"),
+            (self.seq_len is None or self.seq_len >= 2, f"seq_len={self.seq_len} must be >= 2 (or none)"),
+            (0 < self.probe_test_fraction < 1, f"probe_test_fraction={self.probe_test_fraction} must be in (0, 1)"),
+            (self.probe_l2 >= 0, f"probe_l2={self.probe_l2} must be >= 0"),
+            (self.mc_normalization in ("char", "token", "none"),
+             f"mc_normalization={self.mc_normalization!r}; use char, token or none"),
+        ]:
+            if not ok:
+                raise ValueError(message)
+
 
 def _resolve_device(cfg: EvalConfig) -> EvalConfig:
     """cfg with its device resolved by runtime.resolve_device ("auto" -> "cuda:0" or "cpu"; a bad one is an error)."""

@@ -37,9 +37,8 @@ from support import checkpoint, files, flops, fused, metrics, peers, runtime
 
 # ---------------------------------------------------------------------------- the command line
 def main(argv=None):
-    """The command line. Exit codes: 0 the run reached max_steps; 2 bad input (a flag, a file, a config that
-    does not fit, a corrupted checkpoint), one line naming it; 1 a failure while training (a non-finite loss,
-    a full disk), one line; 128 + N when signal N stopped it before max_steps (after saving a checkpoint)."""
+    """Exit codes: 0 done; 2 bad input (a flag, a file, a corrupted checkpoint), one line naming it; 1 a failure
+    while training (a non-finite loss, a full disk), one line; 128 + N: signal N stopped it (checkpoint saved)."""
     try:
         result = train(config.parse_config(argv, __doc__))
     except (ValueError, FileNotFoundError) as err:
@@ -101,7 +100,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         lock = config.lock_out_dir(cfg, rt)  # this run alone in out_dir until it ends
         cfg = config.batch_layout(cfg, mcfg, rt)  # the micro-batch per process, the loss head's chunking
         data_dir, meta, samplers = prepare_data(cfg, mcfg, rt)
-        plan = config.check_memory(cfg, mcfg, rt, head_params(cfg, mcfg))  # printed; refused if it cannot fit
+        with torch.device("meta"):  # the head's size for the memory plan: no memory, no init
+            head = build_projector(cfg, mcfg)
+        plan = config.check_memory(cfg, mcfg, rt, sum(p.numel() for p in head.parameters()) if head else 0)
         config.check_fresh_out_dir(cfg, plan, rt)
         torch.manual_seed(cfg.seed)
         model = model_lib.GPT(mcfg).to(rt.device)  # full weights first, then sharded: the same init for any world
@@ -143,8 +144,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 # ---------------------------------------------------------------------------- data
 def prepare_data(cfg, mcfg, rt):
-    """(data dir, its meta.json, [train sampler, val sampler]). A step's global batch is a function of
-    (seed, step) alone; each process reads its micro-batches' slices of it (my_slices)."""
+    """(data dir, its meta.json, [train, val] samplers): a step's global batch is a function of (seed, step)."""
     data_dir = cfg.data_dir or data.DEFAULT_DATA_DIR
     if rt.master:
         data.prepare_if_missing(data_dir)  # builds the default corpus once; any other dir must be prepared
@@ -157,8 +157,7 @@ def prepare_data(cfg, mcfg, rt):
 
 
 def my_slices(run):
-    """[(first sequence, count)] of this process's micro-batches in a global batch: micro-batch m of rank r is
-    slice m * world + r, so the processes and micro-steps together read the whole global batch once."""
+    """[(first sequence, count)] of this process's micro-batches: micro-batch m of rank r is slice m * world + r."""
     B, world = run.cfg.batch_size, run.rt.world
     return [((m * world + run.rt.rank) * B, B) for m in range(run.grad_accum)]
 
@@ -169,13 +168,6 @@ def build_projector(cfg, mcfg):
     if cfg.objective == "nitp":
         return NITPHead(mcfg.d_model, cfg.projector_hidden, cfg.projector, init_std=mcfg.init_std)
     return peers.build_head(cfg, mcfg) if cfg.objective in peers.PEERS else None
-
-
-def head_params(cfg, mcfg) -> int:
-    """The parameter count of the objective's head, built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        projector = build_projector(cfg, mcfg)
-    return sum(p.numel() for p in projector.parameters()) if projector is not None else 0
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -236,7 +228,8 @@ def save(run):
     checkpoint.save(run.cfg.out_dir, run.step, checkpoint.training_state(run.container, run.optimizer), {
         "model_config": run.mcfg.to_dict(), "train_config": dataclasses.asdict(run.cfg),
         "tokenizer": run.meta.get("tokenizer", "gpt2"), "tokenizer_fingerprint": run.meta.get("tokenizer_fingerprint"),
-        "data_dir": files.repo_relative(run.data_dir), "world_size": run.rt.world}, rank=run.rt.rank)
+        "data_dir": files.repo_relative(run.data_dir), "data_fingerprint": data.fingerprint(run.data_dir, run.meta),
+        "world_size": run.rt.world}, rank=run.rt.rank)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -271,14 +264,14 @@ def training_loop(run, stop):
             history.append(record)
             if rt.master:
                 files.write_jsonl(run.log_path, record)
-                print_train_line(run, record, float(ema) / (1 - 0.9 ** ema_n), window)
+                print_line(run, record, float(ema) / (1 - 0.9 ** ema_n), window)
             window = [0.0, 0]
         if cfg.eval_batches > 0 and (last or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0)):
             record = evaluate(run)
             history.append(record)
             if rt.master:
                 files.write_jsonl(run.log_path, record)
-                print_eval_line(run, record)
+                print_line(run, record)
         if last or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
             save(run)
         if stop_now:
@@ -310,10 +303,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_step(run) -> StepStats:
-    """One optimizer step over the global batch. Each micro-batch's terms are divided by their GLOBAL counts
-    (all micro-batches, all ranks) and the gradients are summed, so the step is the same for any accumulation
-    split and world size. A non-finite loss or gradient norm never reaches the weights: the run stops
-    (--on_nonfinite=stop, raising NonFiniteLoss) or the update is dropped (skip)."""
+    """One optimizer step over the global batch, each micro-batch's terms divided by their GLOBAL counts. A
+    non-finite loss or gradient norm never reaches the weights: NonFiniteLoss (--on_nonfinite=stop) or skip."""
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     lr = lr_at(run.step, cfg)
     for group in run.optimizer.param_groups:
@@ -378,9 +369,8 @@ def aux_weight(cfg) -> float:
 
 
 def aux_pair_masks(cfg, inputs, separator):
-    """(one mask or None per input, the total count as 0-dim float64) of the aux term over this process's inputs
-    [(B, T)], known before any forward pass. NITP: nitp_loss's pair mask at cfg.shift (dropping pairs across a
-    separator with --mask_doc_boundary); the peers: peers.pair_masks; ntp: no pairs."""
+    """(a mask or None per input [(B, T)], total count as 0-dim float64), known before any forward pass: NITP's
+    pairs at cfg.shift (none across a separator with --mask_doc_boundary), peers.pair_masks, or none (ntp)."""
     if cfg.objective == "nitp":
         masks = [nitp_pair_mask(x, cfg.shift, separator if cfg.mask_doc_boundary else None) for x in inputs]
         return masks, sum(m.sum() for m in masks).double()
@@ -398,10 +388,9 @@ class Terms:
 
 
 def forward_terms(model, projector, cfg, x, y, pair_mask=None, aux_trained=True) -> Terms:
-    """One forward pass of `model` on x (B, T) with targets y (B, T) -> the summed terms. NITP's target is
-    layers[target_layer] of this same pass; h is the final hidden state (attach=post_norm) or the residual after
-    the last block (pre_norm). Before nitp_start_step (aux_trained=False) the aux term is computed without
-    gradient: logged, not trained. pair_mask: from aux_pair_masks."""
+    """One forward pass on x (B, T) with targets y (B, T) -> the summed terms. h is the final hidden state
+    (attach=post_norm) or the residual after the last block (pre_norm); NITP's target is layers[target_layer] of
+    the same pass. aux_trained=False (before nitp_start_step): the aux term without gradient, logged only."""
     n_layer = len(model.blocks) if hasattr(model, "blocks") else model.config.n_layer
     taps = {cfg.target_layer} | ({n_layer} if cfg.attach == "pre_norm" else set())
     taps |= peers.taps(cfg, n_layer) if cfg.objective in peers.PEERS else set()
@@ -436,9 +425,8 @@ def lr_at(step, cfg):
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(run):
-    """CE (and the aux objective) on val batches 0..eval_batches-1, split over the ranks and all-reduced;
-    geometry of the final hidden states and the target layer on the FIXED first micro-batch of val batch 0
-    (every rank runs that forward, as FSDP2 needs; rank 0 measures)."""
+    """CE and the aux loss on val batches 0..eval_batches-1 over all ranks; the geometry of the last hidden state
+    and of the target layer on the FIXED first micro-batch of val batch 0 (every rank runs it, rank 0 measures)."""
     cfg, rt = run.cfg, run.rt
     run.model.eval()
     sums = torch.zeros(4, device=rt.device, dtype=torch.float64)  # CE sum, tokens, aux sum, aux pairs
@@ -460,12 +448,7 @@ def evaluate(run):
     out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
     if rt.master:
         hidden, target = out.final_hidden.flatten(0, 1), out.layers[cfg.target_layer].flatten(0, 1)  # (B*T, d)
-        pairs = 4096  # average cosine over this many random pairs, the same ones at every evaluation (seed 0)
-        record.update({metrics.EFFECTIVE_RANK: metrics.effective_rank(hidden),
-                       metrics.AVG_COSINE: metrics.avg_pairwise_cosine(hidden, pairs, torch.Generator().manual_seed(0)),
-                       metrics.TARGET_EFFECTIVE_RANK: metrics.effective_rank(target),
-                       metrics.TARGET_AVG_COSINE: metrics.avg_pairwise_cosine(target, pairs,
-                                                                              torch.Generator().manual_seed(0))})
+        record.update(metrics.training_geometry(hidden, target))
     run.model.train()
     return record
 
@@ -495,23 +478,22 @@ def train_record(run, step_stats, losses, window, train_time, cost, peak) -> dic
     return record
 
 
-def print_train_line(run, record, ema, window):
-    cfg = run.cfg
-    aux_key = metrics.aux_loss_key(cfg.objective) if cfg.objective != "ntp" else None
-    aux_text = f" {cfg.objective} {record[aux_key]:.4f}" if aux_key else ""
-    mfu_text = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
-    eta = (cfg.max_steps - record["step"]) * window[0] / window[1]
-    print(f"step {record['step']:>5}/{cfg.max_steps} | loss (ema) {ema:.4f} | ntp {record['loss_ntp']:.4f}"
-          f"{aux_text} | lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s{mfu_text} | "
-          f"eta {files.format_duration(eta)}", flush=True)
-
-
-def print_eval_line(run, record):
-    objective = run.cfg.objective
-    aux_text = f" | val {objective} {record[metrics.aux_loss_key(objective, 'val')]:.4f}" if objective != "ntp" else ""
-    print(f"eval  {record['step']:>5} | val loss {record[metrics.VAL_LOSS]:.4f}{aux_text} | eff. rank "
-          f"{record[metrics.EFFECTIVE_RANK]:.1f} (target layer {record[metrics.TARGET_EFFECTIVE_RANK]:.1f}) | "
-          f"avg cos {record[metrics.AVG_COSINE]:.3f}", flush=True)
+def print_line(run, record, ema=None, window=None):
+    """The progress line of a train record (with the smoothed loss and the ETA) or of an eval record."""
+    cfg, step = run.cfg, record["step"]
+    split = "train" if record["kind"] == "train" else "val"
+    aux_key = metrics.aux_loss_key(cfg.objective, split) if cfg.objective != "ntp" else None
+    if split == "val":
+        aux = f" | val {cfg.objective} {record[aux_key]:.4f}" if aux_key else ""
+        print(f"eval  {step:>5} | val loss {record[metrics.VAL_LOSS]:.4f}{aux} | eff. rank "
+              f"{record[metrics.EFFECTIVE_RANK]:.1f} (target layer {record[metrics.TARGET_EFFECTIVE_RANK]:.1f}) | "
+              f"avg cos {record[metrics.AVG_COSINE]:.3f}", flush=True)
+        return
+    aux = f" {cfg.objective} {record[aux_key]:.4f}" if aux_key else ""
+    mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
+    eta = files.format_duration((cfg.max_steps - step) * window[0] / window[1])
+    print(f"step {step:>5}/{cfg.max_steps} | loss (ema) {ema:.4f} | ntp {record['loss_ntp']:.4f}{aux} | lr "
+          f"{record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s{mfu} | eta {eta}", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from support import files
 
 CHECKPOINTS = "checkpoints"     # the folder of a run's checkpoints, inside out_dir
 META = "meta.json"              # written last: its presence marks a complete checkpoint
+META_DIGEST = "meta_sha256"     # meta.json's digest of its own other fields
 MODEL_KEY = "gpt"               # the model's name inside the saved state ("gpt.embed.weight", ...)
 _STEP_DIR = re.compile(r"step_(\d+)$")
 DCP_METADATA = ".metadata"      # DCP's index of a checkpoint: a pickle
@@ -84,12 +85,26 @@ def read_meta(ckpt_dir) -> dict:
                          "back to an older one, or start a new run") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path} is not a checkpoint's metadata (a JSON object); remove {ckpt_dir}")
+    edited = META_DIGEST in meta and meta[META_DIGEST] != meta_digest(meta)  # older checkpoints have no digest
+    step = _STEP_DIR.match(Path(ckpt_dir).name)
+    if edited or (step and meta.get("step") != int(step.group(1))):
+        raise ValueError(f"checkpoint {ckpt_dir} is corrupted: {META} was changed after it was written (its fields "
+                         "do not match its digest or its folder's step); it was not loaded. Restore it from a copy, "
+                         "or remove the checkpoint to fall back to an older one")
     return meta
 
 
+def meta_digest(meta: dict) -> str:
+    """The sha256 of meta.json's own fields (all but this digest), so that an edited field a loader trusts (the
+    step, the model's shape) is found as corruption, not trusted."""
+    body = {k: v for k, v in meta.items() if k != META_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def verify(ckpt_dir, meta: dict) -> None:
-    """Check every file of a checkpoint against the sha256 written with it; ValueError naming the first
-    damaged or missing file. A corrupted checkpoint is never loaded (and so never trained on or overwritten)."""
+    """Check every file of a checkpoint against the sha256 written with it (meta.json's own fields: read_meta);
+    ValueError naming the first damaged or missing file. A corrupted checkpoint is never loaded (and so never
+    trained on or overwritten)."""
     ckpt_dir = Path(ckpt_dir)
     expected = meta.get("sha256")
     if not isinstance(expected, dict) or not expected:
@@ -179,8 +194,8 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
         dist.barrier()  # every shard is on disk
     checksums = _checksums(tmp, [p.name for p in tmp.iterdir()], world)
     if rank == 0:
-        files.write_text_atomically(tmp / META, json.dumps({**meta, "step": step, "sha256": checksums}, indent=1)
-                                      + "\n")
+        body = {**meta, "step": step, "sha256": checksums}
+        files.write_text_atomically(tmp / META, json.dumps({**body, META_DIGEST: meta_digest(body)}, indent=1) + "\n")
         files.fsync_dir(tmp)
         if final.exists():  # the same step saved twice (a stop signal right after a periodic save)
             shutil.rmtree(final)

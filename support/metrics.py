@@ -107,3 +107,12 @@ def avg_pairwise_cosine(X, num_pairs: int, generator: torch.Generator | None = N
     first, second = first.to(unit.device), second.to(unit.device)
     cosines = (unit[first] * unit[second]).sum(dim=1)  # (num_pairs,)
     return cosines.mean().item()
+
+
+def training_geometry(hidden, target, num_pairs: int = 4096) -> dict:
+    """What train.py's evaluation logs of the last hidden states and the target layer's, (N, d) each: effective
+    rank and average cosine over `num_pairs` random pairs, the same pairs at every evaluation (seed 0)."""
+    return {EFFECTIVE_RANK: effective_rank(hidden),
+            AVG_COSINE: avg_pairwise_cosine(hidden, num_pairs, torch.Generator().manual_seed(0)),
+            TARGET_EFFECTIVE_RANK: effective_rank(target),
+            TARGET_AVG_COSINE: avg_pairwise_cosine(target, num_pairs, torch.Generator().manual_seed(0))}

@@ -262,6 +262,19 @@ def lock_folder(folder):
 
 # ---------------------------------------------------------------------------- signals
 @contextlib.contextmanager
+def stop_signals_call(handler):
+    """Within it, SIGINT and SIGTERM call handler(signum, frame); the old handlers come back on exit. Signals can
+    be handled only in the main thread: elsewhere nothing changes."""
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        yield
+    finally:
+        for s, previous in old.items():
+            signal.signal(s, previous)
+
+
+@contextlib.contextmanager
 def graceful_stop():
     """SIGINT / SIGTERM set `stop.requested`: the loop saves at the end of the step and returns cleanly; a
     second signal aborts at once. Installed only from the main thread; the old handlers come back on exit."""
@@ -275,10 +288,26 @@ def graceful_stop():
         stop.signum = signum
         print(f"\nsignal {signum}: saving a checkpoint after this step, then stopping", flush=True)
 
-    in_main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
-    try:
+    with stop_signals_call(on_signal):
         yield stop
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+
+
+def die_with_parent() -> None:
+    """In a child process before it starts (Popen's preexec_fn): the kernel sends it SIGTERM when its parent
+    dies, however the parent dies (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def forward_signals(proc):
+    """SIGINT / SIGTERM to this process are passed on to the child `proc` (which saves and stops) instead of
+    stopping us first; the old handlers come back on exit. Only from the main thread."""
+    def forward(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    with stop_signals_call(forward):
+        yield proc

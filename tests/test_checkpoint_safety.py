@@ -69,11 +69,16 @@ def run(trained, tmp_path):
 
 
 def rehash(ckpt_dir):
-    """Recompute meta.json's sha256 entries, as someone crafting a checkpoint would."""
+    """Recompute meta.json's sha256 entries and its own digest, as someone crafting a checkpoint would."""
     meta_path = ckpt_dir / checkpoint.META
     meta = json.loads(meta_path.read_text())
     meta["sha256"] = {name: hashlib.sha256((ckpt_dir / name).read_bytes()).hexdigest() for name in meta["sha256"]}
-    meta_path.write_text(json.dumps(meta))
+    write_meta(ckpt_dir, meta)
+
+
+def write_meta(ckpt_dir, meta):
+    """meta.json with its digest recomputed (checkpoint.meta_digest), so that only the guard tested stands."""
+    (ckpt_dir / checkpoint.META).write_text(json.dumps({**meta, checkpoint.META_DIGEST: checkpoint.meta_digest(meta)}))
 
 
 def read_our_metadata(ckpt_dir):
@@ -192,7 +197,7 @@ def test_file_names_outside_the_checkpoint_in_meta_json_are_refused(run, data_di
     ckpt = checkpoint.latest(run)
     meta = json.loads((ckpt / checkpoint.META).read_text())
     meta["sha256"][name] = "0" * 64
-    (ckpt / checkpoint.META).write_text(json.dumps(meta))
+    write_meta(ckpt, meta)
     with pytest.raises(checkpoint.RefusedCheckpoint, match=f"{ckpt / checkpoint.META}: refused to load: .*{name}"):
         checkpoint.load_model(run)
     capsys.readouterr()
@@ -205,7 +210,7 @@ def test_meta_json_without_the_metadata_checksum_is_refused(run):
     ckpt = checkpoint.latest(run)
     meta = json.loads((ckpt / checkpoint.META).read_text())
     del meta["sha256"][checkpoint.DCP_METADATA]
-    (ckpt / checkpoint.META).write_text(json.dumps(meta))
+    write_meta(ckpt, meta)
     with pytest.raises(checkpoint.RefusedCheckpoint, match=r"no checksum for \.metadata"):
         checkpoint.load_model(run)
 

@@ -11,9 +11,10 @@ from tools import compare
 
 
 def test_parse_splits_own_flags_from_train_flags():
-    cfg = compare.parse_args(["--seeds=3", "--variants=ntp,nitp,mse", "--max_steps=40", "--preset=tiny-dense"])
+    cfg = compare.parse_args(["--seeds=3", "--variants=ntp,nitp,mse", "--max_steps=40", "--preset=tiny-dense",
+                              "--seq_len=32"])
     assert cfg.seeds == 3 and compare.variant_names(cfg) == ["ntp", "nitp", "mse"]
-    assert cfg.train_args == ("--max_steps=40", "--preset=tiny-dense")
+    assert cfg.train_args == ("--max_steps=40", "--preset=tiny-dense", "--seq_len=32")
 
 
 # one bad flag each -> the phrase its error must contain
@@ -32,10 +33,10 @@ def test_bad_flags_are_named(flag):
 
 
 def test_train_flags_variant_then_user_then_run():
-    cfg = compare.parse_args(["--preset=tiny-dense", "--n_layer=5"])
+    cfg = compare.parse_args(["--preset=tiny-dense", "--n_layer=5", "--seq_len=32"])
     flags = compare.train_flags(cfg, "deep_target", 7, compare.Path("out/x"))
-    assert flags == ["--objective=nitp", "--target_layer=-2", "--preset=tiny-dense", "--n_layer=5", "--seed=7",
-                     "--out_dir=out/x"]
+    assert flags == ["--objective=nitp", "--target_layer=-2", "--preset=tiny-dense", "--n_layer=5", "--seq_len=32",
+                     "--seed=7", "--out_dir=out/x"]
     assert compare.train_flags(compare.parse_args([]), "shift0", 1, compare.Path("o"))[:2] == [
         "--objective=nitp", "--shift=0"]
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
+import config
 import eval as eval_lib
 import model as model_lib
 from support import checkpoint, files, flops, metrics, report, runtime
@@ -104,6 +105,9 @@ def parse_args(argv=None) -> CompareConfig:
         raise ValueError(f"--against names {', '.join(missing)}, which --variants does not run; add it there")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+    eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens)  # its checks, and every run's train.py flags', before any run
+    for variant in variant_names(cfg):
+        config.resolve_config(config.parse_config(train_flags(cfg, variant, cfg.base_seed, Path(cfg.out_dir))))
     return cfg
 
 
@@ -138,7 +142,10 @@ def run_training(flags: list[str], run_dir: Path, label: str) -> float:
     command = [sys.executable, str(REPO / "train.py"), *flags, *resume]
     print(f"[{label}] {' '.join(command[1:])}", flush=True)
     t0 = time.perf_counter()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    # its own session (a Ctrl-C reaches it once, through us), dying with us even if we are killed outright
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          start_new_session=True, preexec_fn=runtime.die_with_parent) as proc, \
+            runtime.forward_signals(proc):
         for line in proc.stdout:
             print(f"[{label}] {line}", end="", flush=True)
     if proc.returncode > 128:

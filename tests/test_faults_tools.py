@@ -1,0 +1,180 @@
+"""The fault suite for the commands besides train.py (tests/test_faults.py) and data.py (tests/test_data_faults.py):
+eval.py and tools/compare.py refuse bad numbers before any work, an edited checkpoint meta.json is corrupted for
+every loader, --resume refuses a data folder prepared again with other tokens, and a stopped or killed
+compare.py takes its training process with it. Each case asserts the exit code, a one-line message and that
+nothing the user had changed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_faults import args, finished, run_copy, run_main  # noqa: F401 (fixtures)
+from test_train import data_dir  # noqa: F401 (a fixture)
+
+import eval as eval_lib
+import train
+from support import checkpoint
+from tools import bench, compare, export
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot(folder) -> dict:
+    """Every file's bytes under folder, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- eval.py
+@pytest.mark.parametrize("flag, message", [
+    ("--max_tokens=-5", "must be positive"), ("--max_tokens=0", "must be positive"),
+    ("--num_pairs=0", "must be positive"), ("--batch_tokens=0", "must be positive"), ("--seq_len=1", "seq_len=1"),
+    ("--probe_test_fraction=1.5", "probe_test_fraction"), ("--probe_l2=-1", "probe_l2"),
+    ("--num_mc=0", "must be positive")])
+def test_eval_refuses_bad_numbers_before_any_work(run_copy, tmp_path, capsys, flag, message):
+    before = snapshot(run_copy)
+    assert eval_lib.main([str(run_copy), f"--out={tmp_path / 'report'}", flag]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "report").exists() and snapshot(run_copy) == before
+
+
+# ---------------------------------------------------------------------------- compare.py
+@pytest.mark.parametrize("flag, message", [
+    ("--max_steps=-5", "must be positive"), ("--max_steps=0", "must be positive"),
+    ("--global_batch_tokens=0", "must be positive"), ("--eval_max_tokens=-1", "must be positive"),
+    ("--seeds=0", "--seeds must be >= 1"), ("--variants=ntp,jtp", "unknown variant"),
+    ("--lr=-1", "lr=-1.0 must be > 0"), ("--seed=3", "set by compare.py"), ("--nitp_weight=nan", "finite")])
+def test_compare_refuses_bad_flags_before_training(tmp_path, capsys, flag, message):
+    assert compare.main([f"--out_dir={tmp_path / 'cmp'}", "--preset=tiny-dense", "--seq_len=32", flag]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "cmp").exists()  # nothing trained, nothing written
+
+
+def _processes_with(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _start_compare(out_dir, steps):
+    flags = ["--variants=ntp", "--preset=tiny-dense", f"--max_steps={steps}", "--ckpt_interval=5", "--seq_len=32",
+             "--batch_size=2", "--global_batch_tokens=64", "--eval_batches=1", "--eval_interval=0",
+             "--eval_max_tokens=256", f"--out_dir={out_dir}"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "compare.py"), *flags], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = Path(out_dir) / "seed1337" / "ntp"
+    deadline = time.monotonic() + 240
+    while checkpoint.latest(run_dir) is None:  # its train.py trains
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    return proc, flags, run_dir
+
+
+def _gone(text, seconds=60):
+    deadline = time.monotonic() + seconds
+    while _processes_with(text) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _processes_with(text)
+
+
+@pytest.mark.slow
+def test_sigint_to_compare_stops_its_run_with_a_checkpoint_and_the_rerun_resumes(tmp_path):
+    out = tmp_path / "cmp"
+    proc, flags, run_dir = _start_compare(out, steps=3000)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "stopped by signal 2" in err and "Traceback" not in err
+    assert _gone(str(run_dir))  # its train.py stopped too (it saved first)
+    step = checkpoint.read_meta(checkpoint.latest(run_dir))["step"]
+    assert 0 < step < 3000
+    flags = [f if not f.startswith("--max_steps=") else f"--max_steps={step + 5}" for f in flags]
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "compare.py"), *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--resume=true" in done.stdout and checkpoint.read_meta(checkpoint.latest(run_dir))["step"] == step + 5
+
+
+@pytest.mark.slow
+def test_a_killed_compare_takes_its_training_process_with_it(tmp_path):
+    proc, _, run_dir = _start_compare(tmp_path / "cmp", steps=3000)
+    assert _processes_with(str(run_dir))
+    proc.kill()  # SIGKILL: compare.py cannot pass anything on; the kernel tells its child (SIGTERM)
+    proc.wait(timeout=60)
+    assert _gone(str(run_dir))
+    latest = checkpoint.latest(run_dir)
+    checkpoint.verify(latest, checkpoint.read_meta(latest))  # the child saved on its way out, intact
+
+
+# ---------------------------------------------------------------------------- edited checkpoint metadata
+@pytest.mark.parametrize("field, value", [("step", 3), ("model_config.d_model", 64), ("train_config.lr", 0.5)])
+def test_an_edited_meta_json_is_corrupted_for_every_loader(run_copy, data_dir, tmp_path, capsys, field, value):
+    """A field a loader trusts, edited in meta.json (its file checksums untouched): train.py --resume, eval.py and
+    export.py all say "corrupted" in one line, exit 2, and change nothing (the log is not cut back to step 3)."""
+    ckpt = checkpoint.latest(run_copy)
+    meta = json.loads((ckpt / checkpoint.META).read_text())
+    keys = field.split(".")
+    (meta[keys[0]] if len(keys) == 2 else meta)[keys[-1]] = value
+    (ckpt / checkpoint.META).write_text(json.dumps(meta))
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, args(run_copy, data_dir, "--resume=true", steps=8))
+    assert code == 2 and "corrupted" in one_line(err)
+    assert eval_lib.main([str(run_copy), f"--out={tmp_path / 'report'}"]) == 2
+    assert "corrupted" in one_line(capsys.readouterr().err)
+    assert export.main([str(run_copy), f"--out={tmp_path / 'hf'}"]) == 2
+    assert "corrupted" in one_line(capsys.readouterr().err)
+    assert snapshot(run_copy) == before and not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------- data prepared again
+def test_resume_refuses_a_data_folder_prepared_again_with_other_tokens(tmp_path, capsys):
+    """Same path, same tokenizer, same shard index: only what the shards hold differs, and --resume refuses."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20_000), ("val", 4_000)):
+        rng.integers(10, 70, n).astype(np.uint16).tofile(data / f"{split}.bin")
+    (data / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256,
+                                                "train_tokens": 20_000, "val_tokens": 4_000}))
+    out = tmp_path / "run"
+    assert train.main(args(out, data, "--eval_batches=0", steps=4)) == 0
+    np.random.default_rng(1).integers(10, 70, 20_000).astype(np.uint16).tofile(data / "train.bin")  # other text
+    before = snapshot(out)
+    code, err = run_main(capsys, args(out, data, "--eval_batches=0", "--resume=true", steps=6))
+    assert code == 2 and "prepared again" in one_line(err) and snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------- bench.py
+@pytest.mark.parametrize("flag, message", [("--rounds=0", "must be positive"), ("--batch_size=-1", "must be positive"),
+                                           ("--bogus=1", "bogus"), ("--preset=nope", "unknown preset")])
+def test_bench_refuses_bad_flags_in_one_line(capsys, flag, message):
+    assert bench.main([flag, "--preset=tiny-dense"] if "preset" not in flag else [flag]) == 2
+    assert message in one_line(capsys.readouterr().err)
+
+
+def test_the_lock_of_a_finished_run_does_not_block_the_next(run_copy, data_dir, capsys):
+    """The lock dies with the process holding it: a run into a folder whose earlier run has ended is not refused,
+    and the folder's lock file names nobody alive."""
+    assert (run_copy / ".run.lock").exists()
+    code, _ = run_main(capsys, args(run_copy, data_dir, "--resume=true", "--eval_batches=0", steps=7))
+    assert code == 0
+    holder = (run_copy / ".run.lock").read_text().split()[1]
+    assert int(holder) == os.getpid()  # this process held it, and released it when train.main returned
+    code, _ = run_main(capsys, args(run_copy, data_dir, "--resume=true", "--eval_batches=0", steps=8))
+    assert code == 0
