@@ -91,6 +91,9 @@ class TrainConfig(ObjectiveConfig):
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
     fused_kernels: bool = True              # support/fused.py's eager float32 kernels; false: model.py's plain formulas
+    wandb: bool = False                     # every log.jsonl record to Weights & Biases too (support/tracking.py)
+    wandb_project: str = "nitp"
+    wandb_run_name: str | None = None       # None: the out_dir's name
     peak_flops: float | None = None         # per device, for MFU; None: looked up from the GPU's name
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields from the CLI / the file
 
@@ -100,7 +103,8 @@ SCHEDULES, NONFINITE_POLICIES = ("wsd", "cosine"), ("stop", "skip")
 # else changes the trajectory (max_steps may grow: continuing a run is common; see check_resumable)
 RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "ce_chunk", "eval_interval", "eval_batches",
                      "log_interval", "ckpt_interval", "device", "compile", "activation_checkpointing",
-                     "cpu_malloc_tuning", "fused_kernels", "peak_flops", "on_nonfinite")
+                     "cpu_malloc_tuning", "fused_kernels", "peak_flops", "on_nonfinite", "wandb", "wandb_project",
+                     "wandb_run_name")
 
 
 # ---------------------------------------------------------------------------- reading

@@ -32,7 +32,7 @@ import data
 import model as model_lib
 from config import TrainConfig
 from nitp_loss import NITPHead, nitp_loss_terms, nitp_pair_mask
-from support import checkpoint, files, flops, fused, metrics, peers, runtime
+from support import checkpoint, files, flops, fused, metrics, peers, runtime, tracking
 
 
 # ---------------------------------------------------------------------------- the command line
@@ -76,7 +76,7 @@ class Run:
     eot: int                                # the document separator, for --mask_doc_boundary
     meta: dict                              # the data directory's meta.json
     data_dir: str
-    log_path: str
+    log: tracking.RunLog                    # log.jsonl (and its wandb twin with --wandb=true)
     step: int = 0                           # optimizer steps completed; with the seed, also the data position
 
 
@@ -120,7 +120,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                   optimizer=optimizer, train_sampler=samplers[0], val_sampler=samplers[1],
                   grad_accum=cfg.global_batch_tokens // (cfg.batch_size * cfg.seq_len * rt.world),
                   eot=meta.get("eot_token", data.EOT), meta=meta, data_dir=data_dir,
-                  log_path=os.path.join(cfg.out_dir, "log.jsonl"))
+                  log=tracking.RunLog(os.path.join(cfg.out_dir, "log.jsonl"), cfg if rt.master else None))
         resume_or_start_log(run)
         with runtime.graceful_stop() as stop:
             history = training_loop(run, stop)
@@ -134,12 +134,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     finally:
         # the sharded tensors hold the process group (through their device mesh): free them while the process
         # group is still alive, so none of gloo's threads outlives it into interpreter shutdown (SIGABRT)
+        for handle in filter(None, (run.log if run else None, lock)):  # the wandb run; the folder's lock
+            handle.close()
         del run
         gc.collect()
         runtime.stop(rt)
         fused.set_enabled(fused_before)
-        if lock is not None:
-            lock.close()  # releases the folder's lock
 
 
 # ---------------------------------------------------------------------------- data
@@ -201,7 +201,7 @@ def resume_or_start_log(run):
     if not cfg.resume:
         if rt.master:
             projector_params = sum(p.numel() for p in run.projector.parameters()) if run.projector else 0
-            files.write_text_atomically(run.log_path, json.dumps({
+            files.write_text_atomically(run.log.path, json.dumps({
                 "kind": "config", "train_config": dataclasses.asdict(cfg), "model_config": run.mcfg.to_dict(),
                 "world_size": rt.world, "grad_accum": run.grad_accum, "device": str(rt.device),
                 "num_params": run.model.num_params(), "num_params_active": run.model.num_params(active=True),
@@ -216,10 +216,10 @@ def resume_or_start_log(run):
     checkpoint.restore(ckpt_dir, run.container, run.optimizer)  # weights, AdamW state and RNG, resharded
     run.step = saved["step"]  # the samplers are pure functions of the step: this is the data position too
     if rt.master:
-        kept = files.read_log_until(run.log_path, run.step)
+        kept = files.read_log_until(run.log.path, run.step)
         resumed = {"kind": "resume", "step": run.step, "checkpoint": files.repo_relative(ckpt_dir),
                    "world_size": rt.world, "notes": notes}
-        files.write_text_atomically(run.log_path, "".join(json.dumps(r) + "\n" for r in kept + [resumed]))
+        files.write_text_atomically(run.log.path, "".join(json.dumps(r) + "\n" for r in kept + [resumed]))
         for note in notes:
             print(f"resume: {note}", flush=True)
 
@@ -244,7 +244,7 @@ def training_loop(run, stop):
         step_stats = train_step(run)
         if not step_stats.applied and rt.master:
             skipped = {"kind": "skipped", "step": run.step, "grad_norm": step_stats.grad_norm.item()}
-            files.write_jsonl(run.log_path, skipped)
+            run.log.write(skipped)
             print(f"step {run.step:>5}: non-finite loss or gradient, update skipped (--on_nonfinite=skip)", flush=True)
         if step_stats.applied:
             ema = 0.9 * ema + 0.1 * step_stats.losses["loss"]
@@ -263,14 +263,14 @@ def training_loop(run, stop):
             record = train_record(run, step_stats, losses, window, train_time, cost, peak)
             history.append(record)
             if rt.master:
-                files.write_jsonl(run.log_path, record)
+                run.log.write(record)
                 print_line(run, record, float(ema) / (1 - 0.9 ** ema_n), window)
             window = [0.0, 0]
         if cfg.eval_batches > 0 and (last or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0)):
             record = evaluate(run)
             history.append(record)
             if rt.master:
-                files.write_jsonl(run.log_path, record)
+                run.log.write(record)
                 print_line(run, record)
         if last or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
             save(run)
