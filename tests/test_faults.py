@@ -306,3 +306,25 @@ def test_two_runs_started_together_into_one_folder_exactly_one_trains(tmp_path, 
     intact(out, step=8)
     proc = _spawn(args(out, data_dir, "--eval_batches=0", "--resume=true", steps=9))  # the winner has exited
     assert proc.wait(timeout=240) == 0, proc.communicate()[1][-2000:]
+
+
+@pytest.mark.slow
+def test_a_two_node_job_sharing_one_folder_is_one_run(tmp_path, data_dir):  # noqa: F811
+    """Two torchrun launchers (--nnodes=2, one process each, a localhost rendezvous) into one out_dir: the lock
+    belongs to global rank 0, so the job is not refused by itself; it trains as one 2-rank run with one log."""
+    import socket
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                   f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                                   str(REPO / "train.py"), *args(out, data_dir, "--eval_batches=0", steps=3)],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for rank in (0, 1)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in launchers]
+    assert [code for code, _ in results] == [0, 0], [err[-2000:] for _, err in results]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "config" and records[0]["world_size"] == 2
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
