@@ -123,6 +123,8 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
     stats.update(wait_s=0.0)
     if shard_tokens < 1:
         raise ValueError(f"--shard_tokens={shard_tokens} must be at least 1 (default {DEFAULT_SHARD_TOKENS:,})")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers={workers} must be at least 1 (default: one per CPU)")
     if max_documents is not None and max_documents < 2:
         raise ValueError(f"--max_documents={max_documents} must be at least 2: one per split")
     tok = load_tokenizer(tokenizer, eot)

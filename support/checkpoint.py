@@ -66,6 +66,13 @@ def complete_checkpoints(out_dir) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
+def incomplete_checkpoints(out_dir) -> list[Path]:
+    """step_N folders without meta.json: not an interrupted save (those have .tmp names) but damage, kept."""
+    folder = Path(out_dir) / CHECKPOINTS
+    return sorted(p for p in folder.iterdir() if _STEP_DIR.match(p.name) and not (p / META).is_file()) \
+        if folder.is_dir() else []
+
+
 def latest(path) -> Path | None:
     """The newest complete checkpoint of a run directory (or `path` itself if it is a checkpoint), else None."""
     path = Path(path)
@@ -202,7 +209,7 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
         os.replace(tmp, final)
         files.fsync_dir(final.parent)
         for old in final.parent.iterdir():  # older checkpoints and stale temporaries
-            if old != final and (old.name.endswith(".tmp") or _STEP_DIR.match(old.name)):
+            if old != final and (old.name.endswith(".tmp") or (_STEP_DIR.match(old.name) and (old / META).is_file())):
                 shutil.rmtree(old, ignore_errors=True)
     if distributed:
         dist.barrier()

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def snapshot(folder) -> dict:
     """Every file's bytes under folder, by relative path."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and p.name != ".run.lock"}  # the lock file names the process that last held it
 
 
 def one_line(err: str) -> str:
@@ -178,3 +179,40 @@ def test_the_lock_of_a_finished_run_does_not_block_the_next(run_copy, data_dir, 
     assert int(holder) == os.getpid()  # this process held it, and released it when train.main returned
     code, _ = run_main(capsys, args(run_copy, data_dir, "--resume=true", "--eval_batches=0", steps=8))
     assert code == 0
+
+
+# ---------------------------------------------------------------------------- found by trying the commands
+@pytest.mark.parametrize("flags, message", [(["--variants="], "--variants is empty"),
+                                            (["--out_dir=FILE"], "is a file, not a folder")])
+def test_compare_refuses_an_empty_variant_list_and_a_file_as_out_dir(tmp_path, capsys, flags, message):
+    (tmp_path / "FILE").write_text("mine")
+    flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
+    assert compare.main(["--preset=tiny-dense", "--seq_len=32", f"--out_dir={tmp_path / 'cmp'}", *flags]) == 2
+    assert message in one_line(capsys.readouterr().err) and (tmp_path / "FILE").read_text() == "mine"
+
+
+def test_a_damaged_step_folder_is_never_deleted_by_a_fresh_run(run_copy, data_dir, capsys):
+    """A step_N folder without meta.json (damage: saves use .tmp names) is refused, not removed as litter."""
+    ckpt = checkpoint.latest(run_copy)
+    (ckpt / checkpoint.META).unlink()
+    before = snapshot(run_copy)
+    for extra in ((), ("--resume=true",)):
+        code, err = run_main(capsys, args(run_copy, data_dir, *extra, steps=8))
+        assert code == 2 and snapshot(run_copy) == before
+    assert f"{ckpt} has no meta.json" in one_line(err)
+
+
+def test_a_fresh_run_keeps_an_earlier_log_aside(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text("my earlier log\n")
+    code, _ = run_main(capsys, args(out, data_dir, "--eval_batches=0", steps=2))
+    assert code == 0 and (out / "log.jsonl.1").read_text() == "my earlier log\n"
+
+
+@pytest.mark.parametrize("workers", ["0", "-3"])
+def test_data_py_refuses_a_worker_count_below_one(tmp_path, workers):
+    (tmp_path / "a.txt").write_text("Some text to prepare.\n" * 50)
+    done = subprocess.run([sys.executable, "data.py", f"--input={tmp_path / 'a.txt'}", f"--out_dir={tmp_path / 'out'}",
+                           f"--workers={workers}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must be at least 1" in one_line(done.stderr) and not (tmp_path / "out").exists()

@@ -97,6 +97,10 @@ def parse_args(argv=None) -> CompareConfig:
         else:
             train_args.append(arg)
     cfg = CompareConfig(**values, train_args=tuple(train_args))
+    if not variant_names(cfg):
+        raise ValueError("--variants is empty; give one or more of them, e.g. --variants=ntp,nitp")
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder; pass a folder path")
     unknown = [v for v in variant_names(cfg) if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
