@@ -284,14 +284,14 @@ def check_fresh_out_dir(cfg, plan, rt):
         if broken := checkpoint.incomplete_checkpoints(cfg.out_dir):
             raise ValueError(f"{broken[-1]} has no {checkpoint.META}: a damaged checkpoint (saves write under a .tmp "
                              "name); restore the file from a copy, or move the folder away, then rerun")
+        if not cfg.resume and checkpoint.latest(cfg.out_dir) is not None:
+            raise ValueError(f"--out_dir={cfg.out_dir} already holds a run ({checkpoint.latest(cfg.out_dir)}); "
+                             "pass --resume=true to continue it, or another --out_dir to start a new one")
         log = os.path.join(cfg.out_dir, "log.jsonl")
         if not cfg.resume and os.path.exists(log):  # an earlier run that never saved: keep its log aside
             kept = next(f"{log}.{i}" for i in range(1, 10**6) if not os.path.exists(f"{log}.{i}"))
             os.replace(log, kept)
             print(f"note: {log} of an earlier run kept as {kept}", flush=True)
-        if not cfg.resume and checkpoint.latest(cfg.out_dir) is not None:
-            raise ValueError(f"--out_dir={cfg.out_dir} already holds a run ({checkpoint.latest(cfg.out_dir)}); "
-                             "pass --resume=true to continue it, or another --out_dir to start a new one")
     runtime.barrier(rt)
 
 
