@@ -465,7 +465,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
 
 # ---------------------------------------------------------------------------- the command line
 def test_command_line_mixed_folder_with_a_tokenizer_json_on_two_workers(formats, bpe_json, tmp_path):
-    """The issue's command: mixed files + tokenizer.json -> sharded data, the same bytes on 1 and 2 workers."""
+    """The documented command: mixed files + tokenizer.json -> sharded data, the same bytes on 1 and 2 workers."""
     base = [sys.executable, "data.py", f"--input={formats['mixed']}", f"--tokenizer={bpe_json}", "--shard_tokens=40"]
     done = subprocess.run([*base, f"--out_dir={tmp_path / 'two'}", "--workers=2"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
