@@ -267,10 +267,8 @@ def lock_out_dir(cfg, rt):
     (runtime.lock_folder) and holds it while the returned handle stays open; None on the other ranks."""
     if not rt.master:
         return None
-    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
-        raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder; pass a folder path")
+    check_out_dir(cfg.out_dir, needed_bytes=0)  # a writable folder (the room for a checkpoint: check_fresh_out_dir)
     try:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         return runtime.lock_folder(cfg.out_dir)
     except OSError as err:
         raise ValueError(f"--out_dir={cfg.out_dir} is not writable ({err.strerror}); pick another folder") from None

@@ -4,7 +4,8 @@ flops_per_token counts a model's training FLOPs per token from its config (model
 auxiliary objective's extra (NITP's projector, from its parameter count, and the cosine; MTP's modules, NextLat's
 dynamics model: peers.flops_kwargs); peak_bf16_flops looks up a GPU's dense bf16 peak. train.py logs
 MFU from them, bench.py prints the FLOPs floor of each objective beside its measured step time, compare.py the
-same from the runs' logs, and the docs' cost tables come from here. Imports torch only. Nothing runs at import.
+same from the runs' logs, and the docs' cost tables come from here. Imports torch, nitp_loss.py (the projector
+itself) and peers.py (their arguments). Nothing runs at import.
 """
 
 import torch
