@@ -26,7 +26,6 @@ whole documents chosen by a hash of their index (the same split on every run), a
 Imports numpy, tiktoken and the standard library (torch only inside BatchSampler.get). Nothing runs at import.
 """
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from support import compact, corpus, files, shakespeare, shards
+from support import cli, compact, corpus, files, shakespeare, shards
 from support.compact import CompactTokenizer, UnknownTokenError, decode_with_meta, encode_with_meta  # noqa: F401
 from support.corpus import is_val_document  # noqa: F401
 
@@ -403,7 +402,7 @@ def bench(megabytes=300.0, workers=(1, 2), tokenizer="gpt2", rounds=3) -> list[d
 
 # ---------------------------------------------------------------------------- command line
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description="Tokenize a corpus (default: Shakespeare's plays) into token shards.")
+    parser = cli.ArgumentParser(description="Tokenize a corpus (default: Shakespeare's plays) into token shards.")
     add = parser.add_argument
     add("--input", nargs="+", default=None, help=corpus.FORMATS_HELP)
     add("--hf_dataset", default=None, help="a Hugging Face dataset to stream instead (needs `pip install datasets`)")

@@ -12,6 +12,8 @@ For every run directory that train.py wrote (checkpoints/ + log.jsonl), this fil
     at the top level (compare.py aggregates them over seeds); make_report hands them to report.py, which
     writes them as NAME/metrics.json, draws the five figures and writes report.md:
         python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
+    REPORT_DIR is new, or holds an earlier report of eval.py's (replaced), or none of its files' names: a
+    report.md or a figure of the user's there is refused before any work (report.check_out_dir).
 Checkpoints store data_dir relative to the repository (files.from_repo reads it back). The held-out data must have
 the vocabulary a run was trained on (data.check_vocab: a run on a compacted vocabulary, data.py --compact_vocab,
 reads only data with the same map, and the tasks' text is encoded through that map). Everything is a
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from support import checkpoint, files, metrics, report, runtime, tasks
+from support import checkpoint, cli, files, metrics, report, runtime, tasks
 
 PROBE_ACCURACY = "probe_accuracy"  # result keys compare.py reads, beside metrics.py's
 MC_ACCURACY = "mc_accuracy"
@@ -411,6 +413,7 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
         if names.count(r["name"]) > 1:
             r["name"] = f"{Path(r['dir']).resolve().parent.name}-{r['name']}"
             r["label"] = f"{r['name']} ({r['objective']})"
+    report.check_out_dir(out_dir, [r["name"] for r in runs])  # before the work: a bad --out fails in a second
     # every run sees the same tokens in the same windows, so their numbers are comparable
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or min(r["model"].config.block_size for r in runs))
     data_dir = heldout_data_dir(cfg, runs[0]["ckpt"])
@@ -435,7 +438,7 @@ def _flag_type(field: dataclasses.Field):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Options are EvalConfig fields: --max_tokens=4096 --probe=false ...")
     parser.add_argument("run_dirs", nargs="+", help="run directories written by train.py (checkpoints/ + log.jsonl)")
     parser.add_argument("--out", required=True, help="report directory (figures, report.md, NAME/metrics.json)")
@@ -446,7 +449,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """The command line: 0 when the report is written; 2 with one line naming the problem (a missing or corrupted
-    run, a bad option or task file, an unwritable --out)."""
+    run, a bad option or task file, an --out that is a file, unwritable or holds files eval.py did not write)."""
     args = vars(_parser().parse_args(argv))
     run_dirs, out_dir = args.pop("run_dirs"), args.pop("out")
     try:

@@ -21,7 +21,7 @@ its prompt, then a line of dashes. The prompt is encoded "ordinarily" (a literal
 
 Bad input (a missing run, no checkpoint, a corrupted one, a bad flag or value, a prompt the vocabulary cannot
 encode, a missing or empty prompt file) is one line on stderr and exit code 2. Flags are runtime.parse_flags'
-`--key=value`. Imports torch, data.py and support/. Nothing runs at import.
+`--key=value` (or `--key value`). Imports torch, data.py and support/. Nothing runs at import.
 """
 
 import sys
@@ -55,11 +55,11 @@ USAGE = "usage: python sample.py RUN [--key=value ...]"
 # ---------------------------------------------------------------------------- input
 def parse_args(argv) -> tuple[str, SampleConfig]:
     """(run folder, config) from the command line; ValueError naming a bad flag or value."""
-    positional = [arg for arg in argv if not arg.startswith("--")]
+    positional = []  # what is neither a flag nor a flag's value (`--top_k 5` is one flag)
+    cfg = runtime.parse_flags(argv, SampleConfig, "sample.py", positional)
     if len(positional) != 1:
         raise ValueError(f"expected one run folder, got {len(positional)} ({' '.join(positional) or 'none'}); "
                          f"{USAGE}")
-    cfg = runtime.parse_flags([arg for arg in argv if arg.startswith("--")], SampleConfig, "sample.py")
     for key, ok, need in (("temperature", cfg.temperature > 0, "> 0"), ("num_samples", cfg.num_samples >= 1, ">= 1"),
                           ("max_new_tokens", cfg.max_new_tokens >= 1, ">= 1"),
                           ("top_k", cfg.top_k is None or cfg.top_k >= 1, ">= 1 (or none)")):

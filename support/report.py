@@ -6,9 +6,14 @@ scalars at the top level under the keys of metrics.py (val_loss, effective_rank,
 spectra in "layers", the log.jsonl history in "history", and the nested "probe" / "mc" results when those
 ran. eval.make_report words the held-out data with heldout_note, then calls write_all, which writes
 
+    nitp_report.json                                                                # MARK: eval.py's own folder
     for name, (plot, caption) in FIGURES.items(): plot(results, out_dir / name)    # five PNGs
     NAME/metrics.json                                                               # each result as it is
     write_report(results, out_dir, cfg, data_note)                                  # report.md
+
+into a folder that is new, holds none of those files, or holds an earlier report of eval.py's own (check_out_dir:
+its MARK, or a report.md that starts with the report's title); files of those names that are the user's are
+refused, never replaced.
 
 Figures: the spectrum of the last hidden states, the spectra of every layer, effective rank and average
 cosine vs training step (the paper's Figure 1), the auxiliary loss curves (one panel per quantity: NITP's
@@ -296,12 +301,51 @@ FIGURES = {"spectra_final.png": (plot_final_spectra, "Normalised singular-value 
 
 
 # ---------------------------------------------------------------------------- report
+REPORT, TITLE = "report.md", "# NITP evaluation report"
+MARK = "nitp_report.json"  # written into OUT_DIR before anything else: the folder holds a report of eval.py's own
+
+
+def report_files(names) -> list[str]:
+    """The files write_all writes for runs named `names`, relative to OUT_DIR."""
+    return [REPORT, *FIGURES, *(f"{name}/metrics.json" for name in names)]
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def check_out_dir(out_dir, names) -> None:
+    """ValueError (one line naming --out and the fix) unless OUT_DIR can take the report of runs `names`: a folder
+    that is new, or holds none of report_files(names), or an earlier report of eval.py's own (its MARK, or, written
+    before the mark, a report.md whose first line is TITLE), whose files are the ones replaced."""
+    out_dir = Path(out_dir)
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out={out_dir}: {existing} is a file, not a folder; pass a folder for the report "
+                         "(a new one is made)")
+    if (out_dir / MARK).is_file() or _first_line(out_dir / REPORT) == TITLE:
+        return
+    taken = [name for name in report_files(names) if (out_dir / name).exists()]
+    if taken:
+        shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise ValueError(f"--out={out_dir} holds {shown}, which eval.py did not write (no {MARK}) and would "
+                         "replace; pass a new or empty folder, or move those files away")
+
+
 def write_all(results, out_dir, cfg, data_note: str) -> Path:
-    """Everything eval.make_report leaves in OUT_DIR: the five figures, NAME/metrics.json per run, report.md.
+    """Everything eval.make_report leaves in OUT_DIR: the five figures, NAME/metrics.json per run, report.md, and
+    first MARK, so that a rerun replaces this report and only this one (check_out_dir refuses any other).
 
     `results` are eval.evaluate_run's dicts (their names unique); returns the path of report.md."""
-    out_dir = Path(out_dir)
+    out_dir, names = Path(out_dir), [r["name"] for r in results]
+    check_out_dir(out_dir, names)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomically(out_dir / MARK, json.dumps({"written_by": "eval.py", "files": report_files(names)},
+                                                           indent=1) + "\n")
     for name, (plot, _) in FIGURES.items():
         plot(results, out_dir / name)
     for r in results:
@@ -344,7 +388,7 @@ def write_report(results, out_dir, cfg, data_note: str) -> Path:
         rows.append(f"| {r['name']} | {r['objective']} | {r['step']} | {_fmt(r[metrics.VAL_LOSS])} | "
                     f"{r[metrics.EFFECTIVE_RANK]:.1f} / {r['effective_rank_max']} | {r[metrics.AVG_COSINE]:.3f} | "
                     f"{probe} | {mc} |")
-    lines = ["# NITP evaluation report", "", data_note, "", *rows, ""]
+    lines = [TITLE, "", data_note, "", *rows, ""]
     for r in results:
         layer_ranks = ", ".join(f"{layer['name']} {layer[metrics.EFFECTIVE_RANK]:.1f}" for layer in r["layers"])
         lines += [f"### {r['label']}", "", "| metric | value |", "|---|---|",
@@ -376,6 +420,6 @@ def write_report(results, out_dir, cfg, data_note: str) -> Path:
               f"choice's length ({cfg.mc_normalization}; 'char' = UTF-8 bytes, lm-eval's acc_norm). Built-in task: the "
               f"true next line of a held-out play after {cfg.mc_context_lines} lines of context vs 3 lines of the same "
               "play. ± is the binomial standard error sqrt(p(1-p)/n).", ""]
-    path = out_dir / "report.md"
+    path = out_dir / REPORT
     files.write_text_atomically(path, "\n".join(lines))
     return path

@@ -23,7 +23,8 @@ run resumes from it), DIR's meta.json is removed, DIR's old shards that the new 
 the new shards are renamed into DIR, and meta.json is renamed in last; then the work folder goes. A crash during
 the move leaves DIR without meta.json (it reads as interrupted) and the work folder's meta.json marks the move as
 owed: `recover`, which the next preparation of DIR runs first, repeats it (every step can run twice), and a rerun
-of the same command then has nothing left to do. Files in DIR that are not ours are never touched. A checkpoint
+of the same command then has nothing left to do. Files in DIR that are not ours are never touched, and a DIR
+whose meta.json data.py did not write is refused before anything is written (`check_meta_is_ours`). A checkpoint
 that an older data.py left inside DIR itself is moved into the work folder and resumed there.
 
 Reading (`open_split`): a split is a `TokenStream`, its shards as one sequence (len() and slicing), each
@@ -51,6 +52,7 @@ MAX_LISTED_DOCUMENTS = 10_000   # meta.json names at most this many documents pe
 WORK_SUFFIX = ".preparing"      # DIR.preparing: where a preparation of DIR writes until it has succeeded
 _OUR_FILES = re.compile(r"(train|val)(_\d{5})?\.bin(\.tmp)?")  # .tmp: a shard being rewritten (compact.py)
 _OUR_JSON = re.compile(r"(meta|prepare_state|moving_in)\.json(\.tmp-\d+)?")  # .tmp-PID: files.write_text_atomically's
+OUR_META_KEYS = ("tokenizer", "vocab_size", "train_tokens", "val_tokens")  # in every meta.json data.py ever wrote
 
 
 def shard_name(split: str, index: int) -> str:
@@ -166,6 +168,7 @@ class Writer:
         self.settings, self.inputs, self.split_of = settings, inputs, split_of
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"the output folder {self.out_dir} is a file; give a folder (--out_dir)")
+        check_meta_is_ours(self.out_dir)  # before anything is written: the finished preparation replaces it
         recover(self.out_dir)
         state_path, state = self.work / STATE, None
         if (self.out_dir / STATE).is_file() and not (self.out_dir / META).is_file() and not state_path.is_file():
@@ -311,6 +314,7 @@ def install(work, out_dir) -> None:
         index = read_meta(work / META)["shards"]
         new = [s["file"] for split in SPLITS for s in index[split]]
         out_dir.mkdir(parents=True, exist_ok=True)
+        check_meta_is_ours(out_dir)  # a user's meta.json put there since the preparation began is kept too
         (out_dir / META).unlink(missing_ok=True)  # from here until meta.json is back, out_dir reads as interrupted
         files.fsync_dir(out_dir)
         for path in out_dir.iterdir():
@@ -326,6 +330,24 @@ def install(work, out_dir) -> None:
         os.replace(work / META, out_dir / META)
         files.fsync_dir(out_dir)
     _remove_work(work)
+
+
+def check_meta_is_ours(out_dir) -> None:
+    """ValueError unless out_dir's meta.json, if it has one, is data.py's own (a JSON object with OUR_META_KEYS):
+    moving a preparation in replaces meta.json, and a file of the user's by that name is never replaced."""
+    path = Path(out_dir) / META
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        meta = json.loads(path.read_text()) if path.is_file() else None
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    if isinstance(meta, dict) and all(k in meta for k in OUR_META_KEYS):
+        return
+    why = "it is not a file" if not path.is_file() else "it is not a JSON object" if not isinstance(meta, dict) \
+        else "it has no " + ", ".join(k for k in OUR_META_KEYS if k not in meta)
+    raise ValueError(f"{path} is not a meta.json data.py wrote ({why}) and data.py would replace it: move it away, "
+                     "or give another --out_dir")
 
 
 def recover(out_dir, settings=None, inputs=None) -> bool:

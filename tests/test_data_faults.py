@@ -336,3 +336,19 @@ def test_a_preparation_an_older_data_py_interrupted_inside_the_folder_resumes(tm
     data.prepare(input=str(src), out_dir=str(out), **KW)
     assert "resuming an interrupted preparation at document" in capsys.readouterr().out
     assert snapshot(out) == clean and not shards.work_dir(out).exists()
+
+
+@pytest.mark.parametrize("content", ['{"notes": "my own index of this folder"}\n', "not JSON at all\n", "[1, 2]\n"],
+                         ids=["another program's JSON", "not JSON", "a JSON list"])
+@pytest.mark.parametrize("folder", ["prepared", "new"])
+def test_a_meta_json_data_py_did_not_write_is_refused_and_kept(content, folder, prepared, tmp_path):
+    """data.py replaces only its own meta.json (one with tokenizer, vocab_size, train_tokens, val_tokens): a folder
+    holding the user's file of that name, prepared before or not, is refused in one line and left byte-identical."""
+    out = prepared[0] if folder == "prepared" else tmp_path / "mine"
+    out.mkdir(exist_ok=True)
+    write(out / "meta.json", content)
+    before = snapshot(out)
+    src = write(tmp_path / "other.jsonl", jsonl(OTHER_DOCS))
+    line = assert_refused(run_data(f"--input={src}", f"--out_dir={out}", "--workers=1"),
+                          f"{out / 'meta.json'} is not a meta.json data.py wrote", "move it away")
+    assert "Traceback" not in line and snapshot(out) == before and not shards.work_dir(out).exists()

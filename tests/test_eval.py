@@ -186,6 +186,27 @@ def test_report_writes_figures_report_and_metrics(tmp_path, data_dir, monkeypatc
     assert ev.main([str(tmp_path / "nothing"), f"--out={out}"]) == 2  # one line, no traceback
 
 
+def test_a_rerun_replaces_eval_s_own_report_and_only_that(tmp_path, data_dir):
+    """A second eval.py into its own report folder (compare.py reruns into runs/compare/report) replaces it and
+    keeps the user's other files; the folder is known as eval.py's by its mark, or, for a report written before
+    the mark, by report.md's title; a report.md of the user's is refused (tests/test_faults_tools.py, end to end)."""
+    run = write_run(tmp_path / "ntp", "ntp", data_dir)
+    out = tmp_path / "report"
+    argv = [str(run), f"--out={out}", "--max_tokens=100", "--num_pairs=200", "--probe=false", "--mc=false",
+            "--device=cpu"]
+    assert ev.main(argv) == 0
+    (out / "NOTES.md").write_text("the user's own file")
+    assert ev.main(argv) == 0
+    assert (out / "NOTES.md").read_text() == "the user's own file"
+    assert json.loads((out / report.MARK).read_text())["files"] == report.report_files(["ntp"])
+    (out / report.MARK).unlink()  # as an earlier eval.py left it
+    report.check_out_dir(out, ["ntp"])
+    (out / "report.md").write_text("# My own report\n")
+    with pytest.raises(ValueError, match=r"holds report.md, spectra_final.png, spectra_layers.png and 4 more, which "
+                                         r"eval.py did not write \(no nitp_report.json\)"):
+        report.check_out_dir(out, ["ntp"])
+
+
 # ---------------------------------------------------------------------------- errors
 def test_run_without_checkpoint_or_log_is_a_clear_error(tmp_path, data_dir):
     with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*train\.py"):

@@ -328,3 +328,28 @@ def test_a_two_node_job_sharing_one_folder_is_one_run(tmp_path, data_dir):  # no
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["kind"] == "config" and records[0]["world_size"] == 2
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------- found by trying the commands
+def test_flags_may_be_written_key_space_value(tmp_path, data_dir, capsys):  # noqa: F811
+    """`--max_steps 0` is --max_steps=0, as argparse would read it (not "unknown option '0'"): refused for its
+    value, in one line, before anything is written."""
+    argv = [a for a in args(tmp_path / "out", data_dir) if not a.startswith("--max_steps=")] + ["--max_steps", "0"]
+    code, err = run_main(capsys, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "must be positive" in err and "unknown" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("folder", ["new", "empty", "user's files"])
+def test_resume_into_a_folder_without_a_run_creates_nothing(tmp_path, data_dir, capsys, folder):  # noqa: F811
+    """--resume=true where no run is: one line, exit 2, and no folder holding only .run.lock is left behind."""
+    out = tmp_path / "out"
+    if folder != "new":
+        out.mkdir()
+    if folder == "user's files":
+        (out / "notes.txt").write_text("mine")
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir()) if out.exists() else None
+    code, err = run_main(capsys, args(out, data_dir, "--resume=true"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--resume=true but {out} holds no run to continue" in err and "drop --resume" in err
+    assert (sorted((p.name, p.read_bytes()) for p in out.iterdir()) if out.exists() else None) == before

@@ -216,3 +216,53 @@ def test_data_py_refuses_a_worker_count_below_one(tmp_path, workers):
     done = subprocess.run([sys.executable, "data.py", f"--input={tmp_path / 'a.txt'}", f"--out_dir={tmp_path / 'out'}",
                            f"--workers={workers}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "must be at least 1" in one_line(done.stderr) and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- eval.py never replaces the user's files
+@pytest.mark.parametrize("name", ["report.md", "spectra_final.png", "run/metrics.json"])
+def test_eval_refuses_an_out_folder_holding_files_it_did_not_write(run_copy, tmp_path, capsys, name):
+    """A report.md, a figure or a metrics.json of the user's where eval.py would write its own: refused before any
+    work, one line, exit 2, the folder byte-identical (eval.py replaces only a report of its own: test_eval.py)."""
+    out = tmp_path / "mine"
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("the user's own file")
+    before = snapshot(out)
+    assert eval_lib.main([str(run_copy), f"--out={out}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"--out={out} holds {name}, which eval.py did not write" in line and "new or empty folder" in line
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("below", ["", "sub"], ids=["the file", "a folder inside the file"])
+def test_eval_refuses_a_file_as_out_in_one_line(run_copy, tmp_path, capsys, below):
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / below if below else tmp_path / "afile"
+    assert eval_lib.main([str(run_copy), f"--out={out}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"eval.py: error: --out={out}: {tmp_path / 'afile'} is a file, not a folder; pass a folder")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------- argparse: one line, no usage block
+@pytest.mark.parametrize("command, argv, message", [
+    ("eval", ["RUN", "--out=x", "--bogus=1"], "unrecognized arguments: --bogus=1"),
+    ("eval", ["RUN"], "the following arguments are required: --out"),
+    ("eval", ["RUN", "--out=x", "--probe=maybe"], "argument --probe: config key 'probe' expects a bool"),
+    ("export", ["RUN", "--out=x", "--dtype=int3"], "argument --dtype: invalid choice: 'int3'"),
+    ("vs_nanogpt", ["--rounds=many"], "argument --rounds: invalid int value: 'many'")])
+def test_argparse_commands_refuse_a_bad_flag_in_one_line(capsys, command, argv, message):
+    """support/cli.py's parser: `PROG: error: MESSAGE; see PROG --help`, exit 2, without argparse's usage block."""
+    from tools import vs_nanogpt
+    main = {"eval": eval_lib.main, "export": export.main, "vs_nanogpt": vs_nanogpt.main}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    line = one_line(capsys.readouterr().err)
+    assert exit_.value.code == 2 and message in line and line.endswith("--help") and "usage:" not in line
+
+
+def test_data_py_refuses_a_bad_flag_in_one_line_naming_itself(tmp_path):
+    done = subprocess.run([sys.executable, "data.py", "--workers=two", f"--out_dir={tmp_path / 'out'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert one_line(done.stderr) == ("data.py: error: argument --workers: invalid int value: 'two'; see data.py "
+                                     "--help")

@@ -201,6 +201,7 @@ BAD = {  # name: (the arguments, given a copy of the dense run and a tmp folder;
     "temperature 0": (lambda run, tmp: [run, "--temperature=0"], "--temperature=0.0 must be > 0"),
     "temperature < 0": (lambda run, tmp: [run, "--temperature=-1"], "--temperature=-1.0 must be > 0"),
     "top_k 0": (lambda run, tmp: [run, "--top_k=0"], "--top_k=0 must be >= 1"),
+    "top_k 0, written --top_k 0": (lambda run, tmp: [run, "--top_k", "0"], "--top_k=0 must be >= 1"),
     "max_new_tokens 0": (lambda run, tmp: [run, "--max_new_tokens=0"], "--max_new_tokens=0 must be >= 1"),
     "num_samples 0": (lambda run, tmp: [run, "--num_samples=0"], "--num_samples=0 must be >= 1"),
     "unknown flag": (lambda run, tmp: [run, "--topk=5"], "unknown option '--topk=5'"),

@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
 import data
 import model as model_lib
-from support import checkpoint, files
+from support import checkpoint, cli, files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> transformers class
@@ -278,8 +278,8 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", metavar="RUN_DIR", help="a train.py out_dir, or one of its checkpoints/step_N")
     parser.add_argument("--out", metavar="HF_DIR", required=True, help="folder to write the transformers checkpoint to")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")

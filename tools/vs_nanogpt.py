@@ -18,7 +18,6 @@ nanoGPT's model.py is loaded from the folder given, never copied. fp32, eager, b
 backward at the blocks' shapes) against the plain formula it replaces, the same way.
 """
 
-import argparse
 import importlib.util
 import statistics
 import sys
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
 import model as ours  # noqa: E402
 from support import (
+    cli,  # noqa: E402
     fused,  # noqa: E402
     runtime,  # noqa: E402
 )
@@ -140,7 +140,7 @@ def fused_parts(config, rounds) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nanogpt", help="a nanoGPT checkout (its model.py is loaded)")
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--parts", action="store_true", help="also time the blocks, the loss head and AdamW")
