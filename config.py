@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import data
 import model as model_lib
 from nitp_loss import HEAD_KINDS, LOSS_TYPES
-from support import checkpoint, compact, files, memory, peers, runtime
+from support import checkpoint, compact, files, memory, parallel, peers, runtime
 
 # ---------------------------------------------------------------------------- the fields
 OBJECTIVES, ATTACH = ("ntp", "nitp", "cosreg", "mtp", "nextlat"), ("post_norm", "pre_norm")
@@ -87,7 +87,8 @@ class TrainConfig(ObjectiveConfig):
     resume: bool = False                    # continue from the newest checkpoint in OUT_DIR/checkpoints
     # runtime
     device: str = "auto"                    # auto | cpu | cuda | cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)
-    compile: bool = False                   # torch.compile each block (before FSDP2 wraps it)
+    compile: bool = False                   # torch.compile: the whole model alone, each block under DDP / FSDP2
+    data_parallel: str = "auto"             # auto | ddp | fsdp over several processes (support/parallel.py)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     cpu_malloc_tuning: bool = True          # glibc mallopt on CPU (runtime.tune_cpu_malloc)
     fused_kernels: bool = True              # support/fused.py's eager float32 kernels; false: model.py's plain formulas
@@ -102,7 +103,7 @@ SCHEDULES, NONFINITE_POLICIES = ("wsd", "cosine"), ("stop", "skip")
 # what a resumed run may change: where and how it runs, how often it logs, evaluates and saves; anything
 # else changes the trajectory (max_steps may grow: continuing a run is common; see check_resumable)
 RESUME_MAY_CHANGE = ("out_dir", "resume", "max_steps", "batch_size", "ce_chunk", "eval_interval", "eval_batches",
-                     "log_interval", "ckpt_interval", "device", "compile", "activation_checkpointing",
+                     "log_interval", "ckpt_interval", "device", "compile", "data_parallel", "activation_checkpointing",
                      "cpu_malloc_tuning", "fused_kernels", "peak_flops", "on_nonfinite", "wandb", "wandb_project",
                      "wandb_run_name")
 
@@ -210,6 +211,7 @@ def resolve_config(cfg: TrainConfig):
                                "opposite; use a value >= 0 (the paper uses 0.6-1.0)"),
         (cfg.schedule in SCHEDULES, f"schedule={cfg.schedule!r}; use one of {SCHEDULES}"),
         (cfg.on_nonfinite in NONFINITE_POLICIES, f"on_nonfinite={cfg.on_nonfinite!r}; use one of {NONFINITE_POLICIES}"),
+        (cfg.data_parallel in parallel.MODES, f"data_parallel={cfg.data_parallel!r}; use one of {parallel.MODES}"),
         (cfg.seq_len <= mcfg.block_size, f"seq_len={cfg.seq_len} exceeds the model's block_size={mcfg.block_size}; "
                                          "lower --seq_len or raise --block_size"),
         (min(cfg.max_steps, cfg.seq_len, cfg.global_batch_tokens, cfg.log_interval) > 0
@@ -249,24 +251,37 @@ def batch_layout(cfg, mcfg, rt):
 
 
 def check_memory(cfg, mcfg, rt, projector_params: int):
-    """Print the per-rank memory plan (rank 0); on CUDA, refuse a plan that clearly exceeds the device."""
+    """(the per-rank memory plan, the data-parallel mode): support/parallel.choose picks the mode from the plan of
+    the replicated state (world size 1: what DDP holds on every rank); rank 0 prints the mode, why, and the plan
+    of that mode. On CUDA, a plan that clearly exceeds the device is refused."""
     logit_heads = peers.logit_heads(cfg) if cfg.objective in peers.PEERS else 0
-    plan = memory.plan_memory(mcfg, rt.world, cfg.batch_size, cfg.seq_len, projector_params,
-                              2 if rt.device.type == "cuda" else 4, cfg.activation_checkpointing, cfg.ce_chunk,
-                              logit_heads)
+    plans = {world: memory.plan_memory(mcfg, world, cfg.batch_size, cfg.seq_len, projector_params,
+                                       2 if rt.device.type == "cuda" else 4, cfg.activation_checkpointing,
+                                       cfg.ce_chunk, logit_heads) for world in {1, rt.world}}
     device_bytes = memory.device_memory(rt.device)
+    mode, why = parallel.choose(cfg.data_parallel, rt.world, not plans[1].exceeds(device_bytes))
+    plan = plans[rt.world] if mode == "fsdp" else plans[1]
     if rt.master:
-        print(plan.table(device_bytes), flush=True)
+        print(f"data parallel: {mode} ({why})\n{plan.table(device_bytes)}", flush=True)
     if plan.exceeds(device_bytes):
+        if mode == "ddp":
+            raise ValueError(f"--data_parallel=ddp: the replicated state needs {plan.total / memory.GIB:.2f} GiB per "
+                             f"rank, more than the device has; pass --data_parallel=fsdp (or auto) to shard it")
         raise ValueError(memory.advice(plan, device_bytes, rt.world, cfg.activation_checkpointing))
-    return plan
+    return plan, mode
 
 
 def lock_out_dir(cfg, rt):
     """This run alone in out_dir, before anything is printed or written: global rank 0 takes the folder's lock
-    (runtime.lock_folder) and holds it while the returned handle stays open; None on the other ranks."""
+    (runtime.lock_folder) and holds it while the returned handle stays open; None on the other ranks. A --resume
+    into a folder that holds no run is refused first, so that it leaves no folder holding only the lock."""
     if not rt.master:
         return None
+    if cfg.resume and not os.path.lexists(os.path.join(cfg.out_dir, checkpoint.CHECKPOINTS)) \
+            and not os.path.isfile(cfg.out_dir):  # a file: check_out_dir names it
+        raise FileNotFoundError(f"--resume=true but {cfg.out_dir} holds no run to continue (no "
+                                f"{checkpoint.CHECKPOINTS} folder); drop --resume to start a new run there, or pass "
+                                "the --out_dir of the run to continue")
     check_out_dir(cfg.out_dir, needed_bytes=0)  # a writable folder (the room for a checkpoint: check_fresh_out_dir)
     try:
         return runtime.lock_folder(cfg.out_dir)
@@ -274,11 +289,11 @@ def lock_out_dir(cfg, rt):
         raise ValueError(f"--out_dir={cfg.out_dir} is not writable ({err.strerror}); pick another folder") from None
 
 
-def check_fresh_out_dir(cfg, plan, rt):
+def check_fresh_out_dir(cfg, plan, mode, rt):
     """Room for one more checkpoint (the previous one stays until the new one is complete), and no other run's
-    checkpoints unless --resume continues them."""
+    checkpoints unless --resume continues them. `plan` is per rank: FSDP2's a 1 / world share of the state."""
     if rt.master:
-        check_out_dir(cfg.out_dir, (plan.params + plan.optimizer) * rt.world)
+        check_out_dir(cfg.out_dir, (plan.params + plan.optimizer) * (rt.world if mode == "fsdp" else 1))
         if broken := checkpoint.incomplete_checkpoints(cfg.out_dir):
             raise ValueError(f"{broken[-1]} has no {checkpoint.META}: a damaged checkpoint (saves write under a .tmp "
                              "name); restore the file from a copy, or move the folder away, then rerun")

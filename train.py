@@ -2,11 +2,11 @@
 
     python train.py                                   # small NITP model on the Shakespeare corpus, CPU, minutes
     python train.py --objective=ntp --max_steps=20 --device=cpu --out_dir=runs/ntp
-    torchrun --standalone --nproc_per_node=2 train.py   # FSDP2 over 2 processes: gloo on CPU, nccl on CUDA
+    torchrun --standalone --nproc_per_node=2 train.py   # DDP or FSDP2 over 2 processes: gloo on CPU, nccl on CUDA
 
 Every config.TrainConfig and model.GPTConfig field is a `--key=value` flag or a key of a `--config` TOML/JSON
 file; config.py checks them all before training. `main` -> `train` (configuration, data, model and projector,
-sharding, optimizer, resume) -> `training_loop` -> `train_step`, where `loss = loss_ntp + nitp_weight *
+data parallelism, optimizer, resume) -> `training_loop` -> `train_step`, where `loss = loss_ntp + nitp_weight *
 loss_nitp` is one line; the regulariser and the peers (MTP, NextLat) enter through one marked branch into
 support/peers.py. Each micro-batch's terms are divided by the step's GLOBAL counts (tokens, pairs) and the
 gradients summed, so a step is the same for any accumulation split and world size. Writes OUT_DIR/log.jsonl
@@ -23,16 +23,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import config
 import data
 import model as model_lib
 from config import TrainConfig
 from nitp_loss import NITPHead, nitp_loss_terms, nitp_pair_mask
-from support import checkpoint, files, flops, fused, metrics, peers, runtime, tracking
+from support import checkpoint, files, flops, fused, metrics, parallel, peers, runtime, tracking
 
 
 # ---------------------------------------------------------------------------- the command line
@@ -65,8 +62,8 @@ class Run:
     cfg: TrainConfig                        # resolved: target_layer, nitp_weight, batch_size filled in
     mcfg: model_lib.GPTConfig
     rt: runtime.Runtime
-    model: model_lib.GPT                    # sharded by FSDP2 (its blocks compiled with --compile)
-    projector: torch.nn.Module | None       # the aux head (NITP's projector, MTP, NextLat), sharded too
+    model: model_lib.GPT                    # wrapped in place for `parallel` (support/parallel.py)
+    projector: torch.nn.Module | None       # the aux head (NITP's projector, MTP, NextLat), wrapped too
     container: torch.nn.ModuleDict          # {"gpt": model, "projector": projector}: one module for state dicts
     params: list                            # model and projector parameters, in the optimizer's order
     optimizer: torch.optim.Optimizer
@@ -77,6 +74,8 @@ class Run:
     meta: dict                              # the data directory's meta.json
     data_dir: str
     log: tracking.RunLog                    # log.jsonl (and its wandb twin with --wandb=true)
+    parallel: str                           # "none" (one process), "ddp" or "fsdp"
+    halted: torch.Tensor                    # 0-dim bool on the device: a non-finite step under --on_nonfinite=stop
     step: int = 0                           # optimizer steps completed; with the seed, also the data position
 
 
@@ -102,13 +101,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         data_dir, meta, samplers = prepare_data(cfg, mcfg, rt)
         with torch.device("meta"):  # the head's size for the memory plan: no memory, no init
             head = build_projector(cfg, mcfg)
-        plan = config.check_memory(cfg, mcfg, rt, sum(p.numel() for p in head.parameters()) if head else 0)
-        config.check_fresh_out_dir(cfg, plan, rt)
+        plan, mode = config.check_memory(cfg, mcfg, rt, sum(p.numel() for p in head.parameters()) if head else 0)
+        config.check_fresh_out_dir(cfg, plan, mode, rt)
         torch.manual_seed(cfg.seed)
         model = model_lib.GPT(mcfg).to(rt.device)  # full weights first, then sharded: the same init for any world
         projector = build_projector(cfg, mcfg)  # after the model: the model's init is the same for every objective
         projector = projector.to(rt.device) if projector is not None else None
-        shard(model, projector, cfg, rt)
+        parallel.apply(model, projector, mode, rt, cfg.activation_checkpointing, cfg.compile)  # none | DDP | FSDP2
         params = list(model.parameters()) + (list(projector.parameters()) if projector is not None else [])
         optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2],
                                         "weight_decay": cfg.weight_decay},
@@ -120,7 +119,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                   optimizer=optimizer, train_sampler=samplers[0], val_sampler=samplers[1],
                   grad_accum=cfg.global_batch_tokens // (cfg.batch_size * cfg.seq_len * rt.world),
                   eot=meta.get("eot_token", data.EOT), meta=meta, data_dir=data_dir,
-                  log=tracking.RunLog(os.path.join(cfg.out_dir, "log.jsonl"), cfg if rt.master else None))
+                  log=tracking.RunLog(os.path.join(cfg.out_dir, "log.jsonl"), cfg if rt.master else None),
+                  parallel=mode, halted=torch.zeros((), dtype=torch.bool, device=rt.device))
         resume_or_start_log(run)
         with runtime.graceful_stop() as stop:
             history = training_loop(run, stop)
@@ -170,29 +170,6 @@ def build_projector(cfg, mcfg):
     return peers.build_head(cfg, mcfg) if cfg.objective in peers.PEERS else None
 
 
-# ---------------------------------------------------------------------------- sharding
-def shard(model, projector, cfg, rt):
-    """FSDP2 over all processes (1 to N): each block a unit (compiled first with --compile), then the model's root
-    (a tied embedding stays one parameter), then the projector. On CUDA: bf16 compute from fp32 master weights,
-    fp32 gradient reduction, a block's weights freed after its forward; on CPU they stay gathered until its
-    backward (docs/scale.md). Gradients are SUMMED (each micro-batch's loss is already divided by the global count)."""
-    mesh = init_device_mesh(rt.device.type, (rt.world,))
-    cuda = rt.device.type == "cuda"
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if cuda else None, reduce_dtype=torch.float32)
-    units = []
-    for block in model.blocks:
-        block.activation_checkpointing = cfg.activation_checkpointing
-        if cfg.compile:
-            block.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
-        units.append(fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=cuda))
-    units.append(fully_shard(model, mesh=mesh, mp_policy=policy))
-    if projector is not None and any(True for _ in projector.parameters()):  # "none" has nothing to shard
-        units.append(fully_shard(projector, mesh=mesh, mp_policy=policy))
-    for unit in units:
-        unit.set_gradient_divide_factor(1.0)
-        unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
-
-
 # ---------------------------------------------------------------------------- checkpoints and the log's start
 def resume_or_start_log(run):
     """With --resume: the newest checkpoint's weights, optimizer, RNG and step (DCP reshards: it may come from
@@ -238,23 +215,21 @@ def training_loop(run, stop):
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     cost = flops.flops_per_token(mcfg, cfg.seq_len, **flops.aux_flops_kwargs(cfg, mcfg))
     peak = cfg.peak_flops or flops.peak_bf16_flops(rt.device)  # None off CUDA and for unknown GPUs
-    history, ema, ema_n, train_time, window = [], 0.0, 0, 0.0, [0.0, 0]  # window: seconds, steps since last log
+    history, ema_n, train_time, window = [], 0, 0.0, [0.0, 0]  # window: seconds, steps since last log
+    ema, unread = torch.zeros((), device=rt.device), []  # unread: the steps whose finite flags are not read yet
     while run.step < cfg.max_steps:
         t0 = time.perf_counter()
         step_stats = train_step(run)
-        if not step_stats.applied and rt.master:
-            skipped = {"kind": "skipped", "step": run.step, "grad_norm": step_stats.grad_norm.item()}
-            run.log.write(skipped)
-            print(f"step {run.step:>5}: non-finite loss or gradient, update skipped (--on_nonfinite=skip)", flush=True)
-        if step_stats.applied:
-            ema = 0.9 * ema + 0.1 * step_stats.losses["loss"]
-        stop_now = stop.is_set()
-        if rt.world > 1:  # all ranks must agree to stop at the same step
-            flag = torch.tensor([float(stop_now)], device=rt.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop_now = bool(flag.item())
+        unread.append((run.step, step_stats))
+        ema = torch.where(step_stats.finite, 0.9 * ema + 0.1 * step_stats.losses["loss"], ema)
+        stop_now = runtime.any_rank(stop.is_set(), rt)  # all ranks stop at the same step (agreed on the host)
         step, last = run.step, run.step == cfg.max_steps or stop_now
         logging = step % cfg.log_interval == 0 or last
+        evaluating = cfg.eval_batches > 0 and (last or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0))
+        saving = last or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0)
+        if logging or evaluating or saving:  # the only reads of the device between two log lines
+            settle(run, unread)
+            unread = []
         if logging:
             losses = step_stats.read()  # syncs the device: the timing below is real
         dt = time.perf_counter() - t0  # the clock only runs during training steps (not eval, not saving)
@@ -266,13 +241,13 @@ def training_loop(run, stop):
                 run.log.write(record)
                 print_line(run, record, float(ema) / (1 - 0.9 ** ema_n), window)
             window = [0.0, 0]
-        if cfg.eval_batches > 0 and (last or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0)):
+        if evaluating:
             record = evaluate(run)
             history.append(record)
             if rt.master:
                 run.log.write(record)
                 print_line(run, record)
-        if last or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
+        if saving:
             save(run)
         if stop_now:
             break
@@ -280,6 +255,26 @@ def training_loop(run, stop):
         print(f"done: step {run.step}/{cfg.max_steps}, {files.format_duration(train_time)} of training, "
               f"checkpoint {checkpoint.latest(cfg.out_dir)}", flush=True)
     return history
+
+
+def settle(run, unread):
+    """The finite flags of the steps since the last read, in one read of the device: a "skipped" record per
+    non-finite step (--on_nonfinite=skip), or NonFiniteLoss at the first one (stop: its update, and every one
+    after it, was skipped on the device, so the weights are the last good ones and nothing was saved since)."""
+    for (step, stats), finite in zip(unread, torch.stack([s.finite for _, s in unread]).tolist()):
+        if finite:
+            continue
+        if run.cfg.on_nonfinite == "stop":
+            aux_key = metrics.aux_loss_key(run.cfg.objective) if run.cfg.objective != "ntp" else None
+            aux_text = f", {aux_key} {stats.losses[aux_key].item()}" if aux_key else ""
+            raise NonFiniteLoss(f"step {step}: non-finite loss or gradient (loss_ntp {stats.losses['loss_ntp'].item()}"
+                                f"{aux_text}, grad norm {stats.grad_norm.item()}); stopped before the optimizer step, "
+                                f"so the newest checkpoint ({checkpoint.latest(run.cfg.out_dir) or 'none yet'}) holds "
+                                "the last good weights. Lower --lr, check the data, or pass --on_nonfinite=skip to "
+                                "skip such steps")
+        if run.rt.master:
+            run.log.write({"kind": "skipped", "step": step, "grad_norm": stats.grad_norm.item()})
+            print(f"step {step:>5}: non-finite loss or gradient, update skipped (--on_nonfinite=skip)", flush=True)
 
 
 # ---------------------------------------------------------------------------- one step
@@ -291,7 +286,7 @@ class StepStats:
     aux_weight: float                   # the weight the aux term carried (0 before nitp_start_step)
     losses: dict
     grad_norm: torch.Tensor             # 0-dim, before clipping
-    applied: bool                       # False: a non-finite step under --on_nonfinite=skip
+    finite: torch.Tensor                # 0-dim bool: False, a non-finite step whose update was skipped
 
     def read(self) -> dict:
         """The losses as floats: one read of the device."""
@@ -303,15 +298,17 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_step(run) -> StepStats:
-    """One optimizer step over the global batch, each micro-batch's terms divided by their GLOBAL counts. A
-    non-finite loss or gradient norm never reaches the weights: NonFiniteLoss (--on_nonfinite=stop) or skip."""
+    """One optimizer step over the global batch, each micro-batch's terms divided by their GLOBAL counts, with no
+    read of the device. A non-finite loss or gradient norm never reaches the weights: the update is skipped on the
+    device, and `settle` reports it (NonFiniteLoss under --on_nonfinite=stop, a "skipped" record under skip)."""
     cfg, mcfg, rt = run.cfg, run.mcfg, run.rt
     lr = lr_at(run.step, cfg)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     aux_trained = run.step >= cfg.nitp_start_step  # before it, the aux term is computed and logged, not trained
     weight = aux_weight(cfg) if aux_trained else 0.0
-    batches = [run.train_sampler.get(run.step, first, count).to(rt.device) for first, count in my_slices(run)]
+    batches = [runtime.to_device(run.train_sampler.get(run.step, first, count), rt.device)
+               for first, count in my_slices(run)]
     masks, pair_count = aux_pair_masks(cfg, [b[:, :-1] for b in batches], run.eot)
     runtime.all_reduce(pair_count, rt)
     pair_count = pair_count.float()
@@ -319,9 +316,11 @@ def train_step(run) -> StepStats:
     parts = peers.part_names(cfg) if cfg.objective in peers.PEERS else ()
     keys = ["loss", "loss_ntp", "loss_balance"] + ([aux_key] if aux_key else []) + [f"{aux_key}_{p}" for p in parts]
     losses = {key: torch.zeros((), device=rt.device) for key in keys}
-    for batch, mask in zip(batches, masks):
+    for i, (batch, mask) in enumerate(zip(batches, masks)):
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
-        terms = forward_terms(run.model, run.projector, cfg, x, y, mask, aux_trained)
+        parallel.sync_gradients((run.model, run.projector), run.parallel, i == len(batches) - 1)  # DDP: last only
+        with parallel.autocast(run.parallel, rt.device):
+            terms = forward_terms(run.model, run.projector, cfg, x, y, mask, aux_trained)
         loss_ntp = terms.ce_sum / cfg.global_batch_tokens  # every position has a target: the global count is known
         loss_balance = terms.balance.float() / (run.grad_accum * rt.world)  # a per-micro-batch mean already
         loss = loss_ntp
@@ -344,19 +343,15 @@ def train_step(run) -> StepStats:
         losses["loss_ntp"] += loss_ntp.detach()
         losses["loss_balance"] += loss_balance.detach()
     flat = torch.stack(list(losses.values()))
-    runtime.all_reduce(flat, rt)  # FSDP2 reduced the gradients during the backward passes
+    runtime.all_reduce(flat, rt)  # DDP / FSDP2 reduced the gradients during the backward passes
     losses = dict(zip(losses, flat.unbind()))
     grad_norm = runtime.clip_grad_norm(run.params, cfg.grad_clip, rt)
-    finite = bool(torch.isfinite(grad_norm) and torch.isfinite(flat).all())  # the same on every rank
-    if finite:
-        run.optimizer.step()
+    finite = torch.isfinite(grad_norm) & torch.isfinite(flat).all()  # (0-dim bool) the same on every rank
+    if cfg.on_nonfinite == "stop":
+        run.halted = run.halted | ~finite  # from the first non-finite step on, no update until settle stops the run
+    run.optimizer.found_inf = (~finite | run.halted).float()  # the fused AdamW skips the update (GradScaler's way)
+    run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if not finite and cfg.on_nonfinite == "stop":
-        aux_text = f", {aux_key} {losses[aux_key].item()}" if aux_key else ""
-        raise NonFiniteLoss(f"step {run.step + 1}: non-finite loss or gradient (loss_ntp {losses['loss_ntp'].item()}"
-                            f"{aux_text}, grad norm {grad_norm.item()}); stopped before the optimizer step, so the "
-                            f"newest checkpoint ({checkpoint.latest(cfg.out_dir) or 'none yet'}) holds the last good "
-                            "weights. Lower --lr, check the data, or pass --on_nonfinite=skip to skip such steps")
     run.step += 1  # a skipped step still consumes its batch and its place in the schedule
     return StepStats(lr, weight, losses, grad_norm, finite)
 
@@ -426,15 +421,16 @@ def lr_at(step, cfg):
 @torch.no_grad()
 def evaluate(run):
     """CE and the aux loss on val batches 0..eval_batches-1 over all ranks; the geometry of the last hidden state
-    and of the target layer on the FIXED first micro-batch of val batch 0 (every rank runs it, rank 0 measures)."""
+    and of the target layer on the FIXED first sequences of val batch 0, the same at any world size."""
     cfg, rt = run.cfg, run.rt
     run.model.eval()
     sums = torch.zeros(4, device=rt.device, dtype=torch.float64)  # CE sum, tokens, aux sum, aux pairs
     for i, (first, count) in ((i, piece) for i in range(cfg.eval_batches) for piece in my_slices(run)):
-        batch = run.val_sampler.get(i, first, count).to(rt.device)
+        batch = runtime.to_device(run.val_sampler.get(i, first, count), rt.device)
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T)
         masks, pair_count = aux_pair_masks(cfg, [x], run.eot)
-        terms = forward_terms(run.model, run.projector, cfg, x, y, masks[0])
+        with parallel.autocast(run.parallel, rt.device):
+            terms = forward_terms(run.model, run.projector, cfg, x, y, masks[0])
         tokens = torch.tensor(float(y.numel()), dtype=torch.float64, device=rt.device)
         aux_sum = terms.aux_sum.double() if terms.aux_sum is not None else sums.new_zeros(())
         sums += torch.stack([terms.ce_sum.double(), tokens, aux_sum, pair_count])
@@ -442,13 +438,17 @@ def evaluate(run):
     record = {"kind": "eval", "step": run.step, metrics.VAL_LOSS: (sums[0] / sums[1].clamp(min=1)).item()}
     if cfg.objective != "ntp":
         record[metrics.aux_loss_key(cfg.objective, "val")] = (sums[2] / sums[3].clamp(min=1)).item()
-    # the geometry the paper plots (docs/method.md, "Geometry metrics"), on the same tokens every time; every
-    # rank runs the forward (FSDP2 gathers the weights collectively), rank 0 measures
-    x = run.val_sampler.get(0, 0, cfg.batch_size)[:, :-1].to(rt.device)  # (B, T) the first micro-batch
-    out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
+    # the geometry the paper plots (docs/method.md, "Geometry metrics") on the same tokens at any world size: every
+    # rank runs the forward on all of them, a micro-batch at a time (FSDP2 gathers the weights collectively)
+    states, count = [], max(1, min(cfg.global_batch_tokens, metrics.GEOMETRY_TOKENS) // cfg.seq_len)
+    for first in range(0, count, cfg.batch_size):
+        x = runtime.to_device(run.val_sampler.get(0, first, min(cfg.batch_size, count - first))[:, :-1], rt.device)
+        with parallel.autocast(run.parallel, rt.device):
+            out = run.model(x, layers=(cfg.target_layer,), compute_logits=False)
+        if rt.master:  # rank 0 measures
+            states.append((out.final_hidden.flatten(0, 1), out.layers[cfg.target_layer].flatten(0, 1)))  # (B*T, d)
     if rt.master:
-        hidden, target = out.final_hidden.flatten(0, 1), out.layers[cfg.target_layer].flatten(0, 1)  # (B*T, d)
-        record.update(metrics.training_geometry(hidden, target))
+        record.update(metrics.training_geometry(*(torch.cat(parts) for parts in zip(*states))))
     run.model.train()
     return record
 

@@ -33,6 +33,7 @@ TARGET_EFFECTIVE_RANK = "target_effective_rank"
 TARGET_AVG_COSINE = "target_avg_cosine"
 FINAL_AUX_LOSS = "final_val_aux_loss"  # eval.py's: val_loss_<objective> of the run's last eval line
 LOG_SPLITS = ("train", "val")
+GEOMETRY_TOKENS = 16384  # train.py's evaluation measures the geometry on at most this many states of val batch 0
 
 
 def aux_loss_key(objective: str, split: str = "train") -> str:

@@ -1,11 +1,12 @@
 """runtime.py: what the scripts share: `--key=value` flags, the device, CPU speed settings, the process
 group, the global gradient norm and the stop signals.
 
-train.py, bench.py and compare.py read their options the same way: every field of a config dataclass is a
-`--field=value` flag (a bare `--flag` means true, `none` means None for an optional field); an unknown key
-or a value of the wrong type is a ValueError naming the key and what it expects. The device is resolved
-here once: `auto | cpu | cuda | cuda:N` on one process, `cuda:LOCAL_RANK` for every rank under torchrun.
-On CPU, two settings matter more than any code change (docs/method.md, "CPU speed traps"): flushing
+train.py, sample.py, bench.py and compare.py read their options the same way: every field of a config dataclass
+is a `--field=value` flag (or `--field value`, as argparse takes it; a bare `--flag` means true, `none` means None
+for an optional field); an unknown key or a value of the wrong type is a ValueError naming the key and what it
+expects. The commands built on argparse take support/cli.py's parser (one-line errors; no torch there).
+The device is resolved here once: `auto | cpu | cuda | cuda:N` on one process, `cuda:LOCAL_RANK` for every
+rank under torchrun. On CPU, two settings matter more than any code change (docs/method.md, "CPU speed traps"): flushing
 denormals and keeping glibc from returning big buffers to the OS after every step.
 
 Imports only torch and the standard library. Nothing runs at import.
@@ -61,13 +62,22 @@ def coerce_value(key, value, hint, from_cli: bool):
     return value
 
 
-def split_flags(argv) -> list[tuple[str, str]]:
-    """[(key, value, the argument as typed)] of `--key=value` arguments, in order; a bare `--flag` gives "true"."""
-    flags = []
-    for arg in argv:
+def split_flags(argv, positional: list | None = None) -> list[tuple[str, str, str]]:
+    """[(key, value, the flag as `--key=value`)] of the arguments, in order. A flag is `--key=value` or, as argparse
+    takes it, `--key value`: a `--key` without "=" takes the next argument as its value unless that one starts
+    with "--" (then it is the next flag, and a bare `--flag` gives "true"). Any other argument is appended to
+    `positional` when a list is given (sample.py's run folder), else a ValueError."""
+    flags, argv, i = [], list(argv), 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
         if not arg.startswith("--"):
-            raise ValueError(f"unknown option {arg!r}: expected --key=value")
+            if positional is None:
+                raise ValueError(f"unknown option {arg!r}: expected --key=value")
+            positional.append(arg)
+            continue
         key, eq, value = arg[2:].partition("=")
+        if not eq and i < len(argv) and not argv[i].startswith("--"):  # `--key value`
+            value, eq, arg, i = argv[i], "=", f"{arg}={argv[i]}", i + 1
         flags.append((key, value if eq else "true", arg))
     return flags
 
@@ -81,11 +91,12 @@ def flag_help(cls, skip=()) -> list[str]:
     return [f"  --{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.name not in skip]
 
 
-def parse_flags(argv, cls, program: str):
-    """An instance of dataclass `cls` from `--field=value` flags; ValueError for an unknown or mistyped one."""
+def parse_flags(argv, cls, program: str, positional: list | None = None):
+    """An instance of dataclass `cls` from `--field=value` (or `--field value`) flags; ValueError for an unknown or
+    mistyped one. `positional`: split_flags' list for the other arguments."""
     hints = typing.get_type_hints(cls)
     values = {}
-    for key, text, arg in split_flags(argv):
+    for key, text, arg in split_flags(argv, positional):
         if key not in hints:
             raise ValueError(f"unknown option {arg!r}; {program} takes --key=value with key in: {', '.join(hints)}")
         values[key] = coerce_value(key, text, hints[key], from_cli=True)
@@ -156,11 +167,11 @@ def tune_cpu_malloc():
 
 
 def adamw_options(device: torch.device) -> dict:
-    """torch.optim.AdamW's implementation for `device` in train.py: on CPU the fused kernel (one pass over
-    all tensors instead of a loop of ops per tensor: a third of the default's time for the `small` preset;
-    it rounds differently from the loop, so runs before and after this choice differ in the last bits); on
-    CUDA the multi-tensor foreach kernels, which FSDP2's sharded parameters were run with on the GPU."""
-    return {"foreach": True} if device.type == "cuda" else {"fused": True}
+    """torch.optim.AdamW's implementation in train.py: the fused kernel on CPU and CUDA, plain tensors or FSDP2's
+    DTensors. One pass over all tensors instead of a loop of ops per tensor (on CPU a third of the default's time
+    for the `small` preset; it rounds differently from the loop), and the `found_inf` argument train.py's step
+    relies on: the update of a non-finite step is skipped on the device, with no read of it on the host."""
+    return {"fused": True}
 
 
 # ---------------------------------------------------------------------------- processes
@@ -170,6 +181,7 @@ class Runtime:
     rank: int                   # this process's index among `world` (0 alone)
     world: int                  # processes in the job (torchrun's WORLD_SIZE; 1 alone)
     started_dist: bool          # whether start() opened the process group (and stop() must close it)
+    host_group: object = None   # a gloo group over the same processes, for flags agreed on the host (any_rank)
 
     @property
     def master(self) -> bool:  # rank 0 writes logs, checkpoints' metadata and the progress line
@@ -189,7 +201,8 @@ def start(device_spec: str = "auto", cpu_malloc_tuning: bool = True) -> Runtime:
             dist.init_process_group(backend, device_id=device_id)  # torchrun's env:// rendezvous
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, device_id=device_id)
-    return Runtime(device, rank, world, started_dist)
+    host_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None
+    return Runtime(device, rank, world, started_dist, host_group)
 
 
 def stop(rt: Runtime) -> None:
@@ -210,17 +223,38 @@ def all_reduce(tensor, rt: Runtime, op=None) -> None:
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
 
 
-def clip_grad_norm(params, max_norm, rt=None):
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """Whether `flag` holds on any process: one all-reduce of a CPU tensor (gloo), so no device is read."""
+    if rt.world == 1:
+        return flag
+    agreed = torch.tensor([float(flag)])
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=rt.host_group)
+    return bool(agreed.item())
+
+
+def to_device(batch, device):
+    """A CPU batch on `device`. On CUDA through pinned memory, asynchronously: a copy from pageable memory would
+    wait for all the work queued on the GPU (a host sync every step)."""
+    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
+
+
+def clip_grad_norm(params, max_norm, rt=None, multi_tensor=None):
     """Global L2 norm of the grads, clipped to max_norm if > 0. FSDP2's grads are DTensor shards: each process
-    sums the squares of its own shard and one all-reduce adds them up. Summed one tensor at a time in a fixed
+    sums the squares of its own shard and one all-reduce over `rt` adds them up; DDP's are whole and the same on
+    every rank (nothing to add). Summed one tensor at a time in a fixed
     order, so all-zero grads (the projector at nitp_weight=0) change neither the norm nor the clip, bit for bit;
-    torch's stacked reduction regroups the other terms when the list grows. Same clip as torch's:
-    grads *= min(1, max_norm / (norm + 1e-6))."""
+    torch's stacked reduction regroups the other terms when the list grows. On CUDA, where one kernel per tensor
+    makes the step wait on the host, the norms come from the multi-tensor kernel (_foreach_norm; `multi_tensor`
+    None: on CUDA). Same clip as torch's: grads *= min(1, max_norm / (norm + 1e-6)), no read of the device."""
+    sharded = any(isinstance(p.grad, DTensor) for p in params)
     grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
     total_sq = torch.zeros((), device=grads[0].device)
-    for g in grads:
-        total_sq = total_sq + torch.linalg.vector_norm(g, dtype=torch.float32) ** 2
-    if rt is not None:
+    if grads[0].is_cuda if multi_tensor is None else multi_tensor:
+        total_sq = torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float32)).square().sum()
+    else:
+        for g in grads:
+            total_sq = total_sq + torch.linalg.vector_norm(g, dtype=torch.float32) ** 2
+    if rt is not None and sharded:
         all_reduce(total_sq, rt)
     total = total_sq.sqrt()
     if max_norm > 0:

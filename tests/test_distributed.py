@@ -1,6 +1,6 @@
-"""Tests of training on several processes: FSDP2 over 2 gloo processes (torchrun, CPU) against 1 process, with
-and without gradient accumulation (NITP, and its peers MTP and NextLat), and DCP checkpoints saved on 2 processes
-and resumed on 2 and on 1.
+"""Tests of training on several processes: DDP and FSDP2 over 2 gloo processes (torchrun, CPU) against 1 process,
+with and without gradient accumulation (NITP, and its peers MTP and NextLat under FSDP2), and DCP checkpoints saved
+on 2 processes and resumed on 2 and on 1 (8 processes and two launchers: tests/test_parallel.py).
 Each torchrun launch takes a few seconds: these are the slow tests of train.py."""
 
 import json
@@ -29,6 +29,7 @@ def torchrun(cfg, nproc=2):
                            str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def train_lines(out_dir):
@@ -42,18 +43,20 @@ def weights(out_dir):
 
 def test_two_processes_and_accumulation_train_on_the_same_global_batch(tmp_path, data_dir):  # noqa: F811
     """1 process x 1 micro-batch of 4, 1 process x 4 micro-batches of 1, 2 processes x 1 micro-batch of 2 (the default
-    split) and 2 processes x 2 micro-batches of 1 read the same global batch (the sampler's property) and sum their
-    gradients (FSDP2 with divide factor 1), so they follow the same trajectory. Dense: the same per-step losses and
+    split) and 2 processes x 2 micro-batches of 1, under DDP and under FSDP2, read the same global batch (the
+    sampler's property) and sum their gradients, so they follow the same trajectory. Dense: the same per-step losses and
     weights up to float32 reassociation (sums over other groupings, 1 thread per process under torchrun): 1e-5."""
     fields = dict(objective="nitp", max_steps=5, mask_doc_boundary=True, global_batch_tokens=64, eval_batches=0)
-    runs = {"one": dict(batch_size=None), "one_accum": dict(batch_size=1), "two": dict(batch_size=None),
-            "two_accum": dict(batch_size=1)}
+    runs = {"one": dict(batch_size=None), "one_accum": dict(batch_size=1)}
+    for mode in ("ddp", "fsdp"):  # DDP accumulates locally and reduces once; FSDP2 reduce-scatters each micro-batch
+        runs |= {f"two_{mode}": dict(batch_size=None, data_parallel=mode),
+                 f"two_{mode}_accum": dict(batch_size=1, data_parallel=mode)}
     for name, extra in runs.items():
         cfg = tiny_config(tmp_path / name, data_dir, **fields, **extra)
         train.train(cfg) if name.startswith("one") else torchrun(cfg)
     reference = train_lines(tmp_path / "one")
     assert [r["step"] for r in reference] == [1, 2, 3, 4, 5]
-    for name in ("one_accum", "two", "two_accum"):
+    for name in list(runs)[1:]:
         for a, b in zip(reference, train_lines(tmp_path / name)):
             for key in ("loss_ntp", "loss_nitp", "grad_norm"):
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (name, a["step"], key)
@@ -61,7 +64,7 @@ def test_two_processes_and_accumulation_train_on_the_same_global_batch(tmp_path,
             # AdamW's steps are about lr * sign(g) (lr 1e-2 here): a reassociated gradient near 0 moves a weight
             # by a few 1e-6 after 5 steps (4.3e-6 measured), where a wrong gradient would move it by ~lr
             torch.testing.assert_close(weights(tmp_path / name)[key], value, rtol=1e-5, atol=5e-6, msg=(name, key))
-    config = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
+    config = json.loads((tmp_path / "two_ddp" / "log.jsonl").read_text().splitlines()[0])
     assert config["world_size"] == 2 and config["grad_accum"] == 1 and config["train_config"]["batch_size"] == 2
 
 
@@ -111,8 +114,8 @@ def test_peers_on_two_processes_match_one(tmp_path, data_dir, name):  # noqa: F8
     fields = dict(objective=name, max_steps=4, global_batch_tokens=64, eval_batches=2, mask_doc_boundary=True,
                   mtp_depth=2)
     train.train(tiny_config(tmp_path / "one", data_dir, **fields, batch_size=None))
-    torchrun(tiny_config(tmp_path / "two", data_dir, **fields, batch_size=None))
-    torchrun(tiny_config(tmp_path / "two_accum", data_dir, **fields, batch_size=1))
+    torchrun(tiny_config(tmp_path / "two", data_dir, **fields, batch_size=None, data_parallel="fsdp"))
+    torchrun(tiny_config(tmp_path / "two_accum", data_dir, **fields, batch_size=1, data_parallel="fsdp"))
     reference = train_lines(tmp_path / "one")
     keys = ["loss_ntp", f"loss_{name}"] + (["loss_nextlat_h", "loss_nextlat_kl"] if name == "nextlat" else [])
     val_key = f"val_loss_{name}"

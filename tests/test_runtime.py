@@ -89,12 +89,26 @@ def test_parse_flags_types_and_errors():
             runtime.parse_flags(argv, Example, "prog")
 
 
+def test_flags_may_be_written_key_space_value():
+    """`--key value` as argparse reads it: the next argument is the value unless it starts with "--"; a bare
+    `--flag` before another flag (or at the end) is true; the flag comes back as `--key=value` (compare.py passes
+    it on to train.py). Other arguments go to `positional` when one is given."""
+    argv = ["--steps", "5", "--on", "--rate", "none", "--name", "-y"]
+    assert runtime.parse_flags(argv, Example, "prog") == Example(steps=5, rate=None, name="-y", on=True)
+    assert runtime.split_flags(["--steps", "5", "--on"]) == [("steps", "5", "--steps=5"), ("on", "true", "--on")]
+    positional = []
+    assert runtime.parse_flags(["RUN", "--steps", "2", "--on=0"], Example, "prog", positional) == Example(steps=2)
+    assert positional == ["RUN"]
+    with pytest.raises(ValueError, match="'steps' expects int, got 'RUN'"):
+        runtime.parse_flags(["--steps", "RUN"], Example, "prog")
+
+
 def test_adamw_options_pick_the_fused_kernel_on_cpu_with_the_loop_s_results():
-    """Fused on CPU, foreach on CUDA; the fused kernel follows the default loop to float32 rounding (rtol 1e-6:
-    the same update in another order, over 5 steps), while a wrong option (say, no weight decay) is off by
-    lr * wd * w = 1e-3 relative."""
+    """Fused on CPU and on CUDA (its found_inf skips a non-finite update: tests/test_parallel.py); the fused kernel
+    follows the default loop to float32 rounding (rtol 1e-6: the same update in another order, over 5 steps),
+    while a wrong option (say, no weight decay) is off by lr * wd * w = 1e-3 relative."""
     assert runtime.adamw_options(torch.device("cpu")) == {"fused": True}
-    assert runtime.adamw_options(torch.device("cuda", 0)) == {"foreach": True}
+    assert runtime.adamw_options(torch.device("cuda", 0)) == {"fused": True}
     torch.manual_seed(0)
     weights = [torch.randn(8, 4), torch.randn(4)]
     results = []

@@ -221,7 +221,7 @@ def test_losses_are_normalised_by_the_global_pair_count(tmp_path, data_dir):
 def test_two_process_ddp_matches_one_process(tmp_path, data_dir):
     """torchrun with 2 gloo processes (1 micro-batch each) vs 1 process accumulating the same 2 micro-batches:
     the same global batch, so the same weights up to float32 rounding (torchrun runs 1 thread per process,
-    so matmuls reduce in a different order; 2e-5 relative allows that after 4 steps). The DDP run leaves
+    so matmuls reduce in a different order; 2e-5 relative, 5e-6 absolute allow that after 4 steps). The DDP run leaves
     batch_size at its default, which must split the global batch over the processes: 64 / (16 x 2) = 2."""
     fields = dict(objective="nitp", max_steps=4, mask_doc_boundary=True, global_batch_tokens=64, batch_size=2)
     single = train.train(tiny_config(tmp_path / "single", data_dir, **fields))
@@ -235,7 +235,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, data_dir):
     ddp_model, meta = checkpoint.load_model(tmp_path / "ddp")
     assert meta["world_size"] == 2 and meta["step"] == 4
     for name, value in single.model.state_dict().items():
-        torch.testing.assert_close(ddp_model.state_dict()[name], value, rtol=2e-5, atol=1e-6, msg=name)
+        # AdamW's first steps are about lr * sign(g): a gradient near 0 summed in another order moves a weight
+        # by ~1e-6 (1.6e-6 measured under DDP), where a wrong gradient moves it by ~lr = 1e-2
+        torch.testing.assert_close(ddp_model.state_dict()[name], value, rtol=2e-5, atol=5e-6, msg=name)
     ddp_log, single_log = read_log(tmp_path / "ddp"), read_log(tmp_path / "single")
     assert ddp_log[0]["grad_accum"] == 1 and single_log[0]["grad_accum"] == 2
     assert ddp_log[0]["train_config"]["batch_size"] == single_log[0]["train_config"]["batch_size"] == 2

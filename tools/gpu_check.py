@@ -7,8 +7,9 @@
 What a CPU machine cannot show, each step a separate process as a user would run it, most important first:
   1. train.py, 1 GPU, gpt2-124m with NITP on the embedded corpus, bf16 autocast, eager: final loss, tokens/s,
      MFU, peak memory;
-  2. torchrun on every visible GPU with FSDP2 (nccl), a DCP checkpoint, then --resume=true to more steps;
-  3. the same training run with --compile=true (per-block torch.compile under FSDP2);
+  2. torchrun on every visible GPU with DDP and with FSDP2 (nccl; one GPU: one process, no wrapper), a DCP
+     checkpoint, then --resume=true to more steps under the other wrapper;
+  3. the same training run with --compile=true (the whole model, one process), and at batch 64 x 1024: the MFU;
   4. the CUDA tests of the suite (`pytest -m cuda`): the grouped-GEMM MoE path against the expert loop on the
      GPU, bench.py's CUDA figures;
   5. bench.py --preset=gpt2-124m --moe_preset=9bA1b: NITP's and its peers' step-time overheads against their
@@ -90,20 +91,30 @@ def main(argv=None) -> int:
     ok, seconds, _ = run("train 1 GPU eager", [python, "train.py", *common, f"--out_dir={run_dir}"], 150, log)
     train_row("train.py 1 GPU, bf16, eager", run_dir, ok, seconds, steps)
 
-    run_dir = out / "fsdp"
-    fsdp = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "train.py", *common,
-            "--batch_size=2", f"--global_batch_tokens={2 * 2 * 1024 * gpus}", "--decay_frac=0",
-            f"--out_dir={run_dir}"]
-    ok, seconds, _ = run(f"torchrun {gpus} GPU(s) FSDP2", fsdp, 150, log)
-    train_row(f"torchrun {gpus} GPU(s), FSDP2 (nccl) + DCP save", run_dir, ok, seconds, steps,
-              checkpoints=sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")))
-    ok, seconds, _ = run("resume", fsdp + [f"--max_steps={steps + 5}", "--resume=true"], 120, log)
-    train_row("DCP resume to 5 more steps", run_dir, ok, seconds, steps + 5)
+    # DDP and FSDP2 over every GPU (nccl), a DCP checkpoint, resumed under the other wrapper; one GPU: no wrapper
+    modes = ("ddp", "fsdp") if gpus > 1 else ("none",)
+    launch = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "train.py", *common,
+              "--batch_size=2", f"--global_batch_tokens={2 * 2 * 1024 * gpus}", "--decay_frac=0"]
+    for mode, other in zip(modes, modes[::-1]):
+        run_dir, flag = out / f"torchrun_{mode}", [] if mode == "none" else [f"--data_parallel={mode}"]
+        ok, seconds, _ = run(f"torchrun {gpus} GPU(s) {mode}", [*launch, *flag, f"--out_dir={run_dir}"], 150, log)
+        train_row(f"torchrun {gpus} GPU(s), {mode} (nccl) + DCP save", run_dir, ok, seconds, steps,
+                  checkpoints=sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")))
+        resume = [*launch, f"--out_dir={run_dir}", f"--max_steps={steps + 5}", "--resume=true"]
+        ok, seconds, _ = run("resume", resume + ([] if other == "none" else [f"--data_parallel={other}"]), 120, log)
+        train_row(f"DCP resume to 5 more steps ({other})", run_dir, ok, seconds, steps + 5)
 
     run_dir = out / "compiled"
     ok, seconds, _ = run("train 1 GPU compiled", [python, "train.py", *common, "--compile=true",
                                                   f"--out_dir={run_dir}"], 300, log)
     train_row("train.py 1 GPU, bf16, --compile=true", run_dir, ok, seconds, steps)
+
+    # the MFU figure: the whole model compiled, the largest micro-batch of the H100 runs (64 x 1024 tokens)
+    run_dir = out / "compiled_b64"
+    ok, seconds, _ = run("train 1 GPU compiled, batch 64", [python, "train.py", *common, "--compile=true",
+                                                            "--batch_size=64", "--global_batch_tokens=65536",
+                                                            f"--out_dir={run_dir}"], 300, log)
+    train_row("train.py 1 GPU, bf16, compiled, batch 64 x 1024", run_dir, ok, seconds, steps)
 
     ok, seconds, text = run("CUDA tests", [python, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
                             180, log)
