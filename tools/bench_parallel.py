@@ -31,7 +31,7 @@ def step_times(out_dir, warmup: int) -> list[float]:
     """Seconds per training step from log.jsonl's cumulative elapsed_s (log_interval=1), after `warmup` steps."""
     records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
     elapsed = [r["elapsed_s"] for r in records if r["kind"] == "train"]
-    return [b - a for a, b in zip(elapsed, elapsed[1:])][max(0, warmup - 1):]
+    return [b - a for a, b in zip([0.0, *elapsed], elapsed)][warmup:]
 
 
 def launch(mode, args, out_dir) -> None:
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     parser.add_argument("train_flags", nargs="*", help="after --: more train.py flags, e.g. --compile=true")
     args = parser.parse_args(argv)
-    if args.nproc < 2 or args.rounds < 1 or not 0 <= args.warmup < args.steps - 1:
-        parser.error("--nproc must be at least 2, --rounds at least 1, and 0 <= --warmup < --steps - 1")
+    if args.nproc < 2 or args.rounds < 1 or not 0 <= args.warmup < args.steps:
+        parser.error("--nproc must be at least 2, --rounds at least 1, and 0 <= --warmup < --steps")
     try:
         result = bench(args)
     except RuntimeError as err:
