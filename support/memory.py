@@ -118,8 +118,8 @@ class MemoryPlan:
     micro_batch: int = 1        # sequences per micro-batch (activations and logits scale with it)
     logits_tokens: int = 0      # positions whose logits exist at once (the micro-batch, or one chunk)
 
-    ROWS = (("params (fp32, sharded)", "params"), ("grads (fp32, sharded)", "grads"),
-            ("AdamW states (2 x fp32, sharded)", "optimizer"), ("gathered params (peak)", "unsharded_peak"),
+    ROWS = (("params (fp32; FSDP2: 1 / world)", "params"), ("grads (fp32)", "grads"),
+            ("AdamW states (2 x fp32)", "optimizer"), ("gathered or cast params (peak)", "unsharded_peak"),
             ("activations", "activations"), ("logits + loss", "logits"), ("total", "total"))
 
     def table(self, device_bytes: int | None = None) -> str:
