@@ -19,6 +19,7 @@ import torch
 from test_train import data_dir  # noqa: F401 (a fixture)
 
 import eval as ev
+import sample
 import train
 from support import checkpoint
 from tools import export
@@ -125,11 +126,13 @@ def snapshot(folder) -> dict:
 
 
 def run_command(command, run_dir, data_dir, tmp_path):
-    """Exit code of train.py --resume / eval.py / export.py on run_dir."""
+    """Exit code of train.py --resume / eval.py / sample.py / export.py on run_dir."""
     if command == "train":
         return train.main(train_argv(run_dir, data_dir, max_steps=3, resume=True))
     if command == "eval":
         return ev.main([str(run_dir), f"--out={tmp_path / 'report'}", "--device=cpu", "--probe=false", "--mc=false"])
+    if command == "sample":
+        return sample.main([str(run_dir), "--device=cpu", "--max_new_tokens=2", "--num_samples=1"])
     return export.main([str(run_dir), f"--out={tmp_path / 'hf'}"])
 
 
@@ -149,7 +152,7 @@ def test_the_crafted_files_do_run_code_when_unpickled_plainly(run, tmp_path, cra
     checkpoint.verify(crafted.parent, checkpoint.read_meta(crafted.parent))  # the checksums match: no help there
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "export"])
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "export"])
 @pytest.mark.parametrize("craft", sorted(CRAFTS))
 def test_every_command_refuses_a_crafted_checkpoint(run, data_dir, tmp_path, capsys, craft, command):
     marker = tmp_path / "MARKER"
