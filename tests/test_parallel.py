@@ -272,3 +272,19 @@ def test_two_nodes_of_two_processes_train_as_one_four_rank_job(tmp_path, data_di
     assert [code for code, _ in results] == [0, 0], [err[-2000:] for _, err in results]
     assert json.loads((tmp_path / "job" / "log.jsonl").read_text().splitlines()[0])["world_size"] == 4
     assert_same_run(tmp_path / "job", reference, steps=(1, 2, 3))
+
+
+@pytest.mark.slow
+def test_the_whole_model_compiled_on_one_process_trains_as_eager(tmp_path, data_dir):  # noqa: F811
+    """--compile=true alone compiles the whole model in place (nn.Module.compile): the same losses as eager to
+    float32 rounding (inductor fuses the elementwise work in another order: 1e-5 relative), and a checkpoint with
+    the eager parameter names, which an eager run resumes."""
+    fields = dict(objective="nitp", max_steps=2, eval_batches=0, batch_size=4, decay_frac=0.0)
+    eager = train.train(tiny_config(tmp_path / "eager", data_dir, **fields))
+    compiled = train.train(tiny_config(tmp_path / "compiled", data_dir, **fields, compile=True))
+    for a, b in zip(train_lines(tmp_path / "eager"), train_lines(tmp_path / "compiled")):
+        for key in ("loss_ntp", "loss_nitp", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+    resumed = train.train(tiny_config(tmp_path / "compiled", data_dir, **{**fields, "max_steps": 3}, resume=True))
+    assert resumed.step == 3
