@@ -14,7 +14,10 @@ What a CPU machine cannot show, each step a separate process as a user would run
      GPU, bench.py's CUDA figures;
   5. bench.py --preset=gpt2-124m --moe_preset=9bA1b: NITP's and its peers' step-time overheads against their
      FLOPs floors, MFU, the chunked loss head's memory, and the grouped-GEMM MoE layer (9bA1b's) against a dense
-     layer of the same active FLOPs.
+     layer of the same active FLOPs;
+  6. tools/profile_step.py at the MFU run's shape (gpt2-124m, batch 64 x 1024, compiled) with 9bA1b's MoE layer:
+     the step's wall, host and device-busy time (is it bound by the host?) and where the MoE layer's time goes
+     against the dense one, op by op (profile.txt).
 The report is rewritten after every step, so a run cut short keeps what it finished. It prints one table of
 pass/fail and figures. Imports only the standard library; everything else runs in the subprocesses.
 """
@@ -131,6 +134,14 @@ def main(argv=None) -> int:
     rows.append({"check": "bench.py gpt2-124m, bf16, eager", "pass": ok and bool(bench), "seconds": seconds,
                  **{k: bench.get(k) for k in ("mfu_ntp", "mfu_nitp", "overhead_measured", "overhead_flops",
                                               "moe_vs_dense", "moe_path", "ntp_tokens_per_s", "targets")}})
+    write_report(out, gpus, rows)
+
+    profile_txt = out / "profile.txt"
+    ok, seconds, text = run("profile", [python, "tools/profile_step.py", "--preset=gpt2-124m", "--batch_size=64",
+                                        "--compile", "--moe_preset=9bA1b", f"--out={profile_txt}"], 300, log)
+    firsts = [line for line in text.splitlines() if line.startswith("=====")]  # one per part: its figures
+    rows.append({"check": "profile_step.py gpt2-124m b64 compiled, 9bA1b layer", "pass": ok, "seconds": seconds,
+                 "figures": " | ".join(line.strip("= ").split(" a call")[0] for line in firsts)})
     write_report(out, gpus, rows)
 
     print(f"\n{'check':<52}{'result':<8}{'seconds':>8}  figures")
