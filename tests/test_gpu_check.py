@@ -27,7 +27,7 @@ def test_every_launched_command_parses_with_its_program_s_flags(monkeypatch, tmp
             bench.resolve(bench.parse_config(flags))
         elif script == "tools/profile_step.py":
             profile_step.resolve(profile_step.runtime.parse_flags(flags, profile_step.ProfileConfig, "t"))
-    assert programs == {"train.py": 7, "tools/bench.py": 1, "tools/profile_step.py": 1}, programs
+    assert programs == {"train.py": 8, "tools/bench.py": 1, "tools/profile_step.py": 1}, programs
     launches = [c for c in commands if "torch.distributed.run" in c]
     assert {f for c in launches for f in c if f.startswith("--data_parallel=")} == {"--data_parallel=ddp",
                                                                                    "--data_parallel=fsdp"}

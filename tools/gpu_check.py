@@ -9,7 +9,8 @@ What a CPU machine cannot show, each step a separate process as a user would run
      MFU, peak memory;
   2. torchrun on every visible GPU with DDP and with FSDP2 (nccl; one GPU: one process, no wrapper), a DCP
      checkpoint, then --resume=true to more steps under the other wrapper;
-  3. the same training run with --compile=true (the whole model, one process), and at batch 64 x 1024: the MFU;
+  3. the same training run with --compile=true (the whole model, one process), and at batch 64 x 1024: the MFU,
+     then the memory it saves and the time it costs with activation checkpointing;
   4. the CUDA tests of the suite (`pytest -m cuda`): the grouped-GEMM MoE path against the expert loop on the
      GPU, bench.py's CUDA figures;
   5. bench.py --preset=gpt2-124m --moe_preset=9bA1b: NITP's and its peers' step-time overheads against their
@@ -118,6 +119,11 @@ def main(argv=None) -> int:
                                                             "--batch_size=64", "--global_batch_tokens=65536",
                                                             f"--out_dir={run_dir}"], 300, log)
     train_row("train.py 1 GPU, bf16, compiled, batch 64 x 1024", run_dir, ok, seconds, steps)
+    run_dir = out / "compiled_b64_ac"  # the trade: activations recomputed for memory
+    ok, seconds, _ = run("train 1 GPU compiled, batch 64, checkpointing", [
+        python, "train.py", *common, "--compile=true", "--batch_size=64", "--global_batch_tokens=65536",
+        "--activation_checkpointing=true", f"--out_dir={run_dir}"], 300, log)
+    train_row("... the same with --activation_checkpointing=true", run_dir, ok, seconds, steps)
 
     ok, seconds, text = run("CUDA tests", [python, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
                             180, log)
