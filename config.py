@@ -13,6 +13,7 @@ train.py (and compare.py, to resolve a variant's flags) import it. Nothing runs 
 """
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -118,6 +119,8 @@ def read_config_file(path) -> dict:
             loaded = tomllib.load(f) if path.endswith(".toml") else json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"--config={path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"--config={path} is a folder; give a .toml or .json file") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
         kind = "TOML" if path.endswith(".toml") else "JSON"
         raise ValueError(f"--config={path} is not valid {kind}: {err}; fix the file") from None
@@ -277,6 +280,7 @@ def lock_out_dir(cfg, rt):
     into a folder that holds no run is refused first, so that it leaves no folder holding only the lock."""
     if not rt.master:
         return None
+    runtime.check_lock_free(cfg.out_dir)  # a folder in use is named as such, whatever else is wrong with the call
     if cfg.resume and not os.path.lexists(os.path.join(cfg.out_dir, checkpoint.CHECKPOINTS)) \
             and not os.path.isfile(cfg.out_dir):  # a file: check_out_dir names it
         raise FileNotFoundError(f"--resume=true but {cfg.out_dir} holds no run to continue (no "
@@ -319,6 +323,10 @@ def check_out_dir(out_dir, needed_bytes: int) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ValueError(f"--out_dir={out_dir}: no space left on its disk; free some space (a step_N.tmp folder "
+                             f"under {out_dir}/{checkpoint.CHECKPOINTS} is an unfinished save and may go), then "
+                             "rerun") from None
         raise ValueError(f"--out_dir={out_dir} is not writable ({err.strerror}); pick another folder") from None
     for name in ("checkpoints", "log.jsonl"):
         path = os.path.join(out_dir, name)
@@ -364,7 +372,14 @@ def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = Non
                              f"larger --max_steps (the run was planned for {old_max})")
         notes.append(f"max_steps {old_max} -> {cfg.max_steps}")
         decay_start = old_max - round(cfg.decay_frac * old_max) if cfg.schedule == "wsd" else cfg.warmup_steps
-        if meta["step"] > decay_start:
+        if cfg.max_steps < old_max:  # allowed (end a run early), but the schedule changes from here on
+            new_start = cfg.max_steps - round(cfg.decay_frac * cfg.max_steps)
+            where = (f"its decay starts at step {new_start} instead of {decay_start}" if cfg.schedule == "wsd"
+                     else "its cosine decay is compressed")
+            notes.append(f"warning: a shorter run than planned: the learning rate follows the schedule of "
+                         f"{cfg.max_steps} steps from step {meta['step']} on ({where}), so the run differs from "
+                         f"the planned {old_max}-step one")
+        elif meta["step"] > decay_start:
             notes.append(f"warning: the checkpoint (step {meta['step']}) is past the old schedule's decay start (step "
                          f"{decay_start}): the learning rate jumps back up from here")
     return notes

@@ -44,6 +44,15 @@ def main(argv=None):
     except NonFiniteLoss as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1
+    except (MemoryError, torch.OutOfMemoryError):
+        print("train.py: error: out of memory (the memory plan printed above shows what a rank holds); lower "
+              "--batch_size (accumulation keeps --global_batch_tokens), pass --activation_checkpointing=true, or "
+              "use more devices", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the loop's own handler is installed (setup), or after it (shutdown)
+        print("train.py: interrupted while starting or stopping; nothing of this call is half-written (checkpoints "
+              "are renamed into place)", file=sys.stderr)
+        return 130
     except OSError as err:  # a full disk, a folder that went away: the cause, not a chained traceback
         where = f" ({err.filename})" if err.filename else ""
         print(f"train.py: error: {err.strerror or err}{where}; free space or fix the path, then rerun with "

@@ -60,7 +60,12 @@ def read_log_until(path, step):
     """The records of log.jsonl up to `step`: a resumed run drops what was logged after its checkpoint
     (a crash between two saves) and a torn last line, so every step appears once."""
     records = []
-    for line in open(path).read().splitlines() if os.path.exists(path) else []:
+    try:
+        text = open(path).read() if os.path.exists(path) else ""
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text log (not UTF-8); move it away, then resume: the run's checkpoint "
+                         "does not need it") from None
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:

@@ -27,6 +27,7 @@ Nothing runs at import.
 
 import contextlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -301,7 +302,8 @@ class NITPConfig:
         _check_attach(self.attach)
         for ok, message in [(self.loss_type in LOSS_TYPES, f"loss_type={self.loss_type!r}; use one of {LOSS_TYPES}"),
                             (self.projector in HEAD_KINDS, f"projector={self.projector!r}; use one of {HEAD_KINDS}"),
-                            (self.nitp_weight >= 0, f"nitp_weight={self.nitp_weight} must be >= 0")]:
+                            (math.isfinite(self.nitp_weight) and self.nitp_weight >= 0,
+                             f"nitp_weight={self.nitp_weight} must be a finite number >= 0")]:
             if not ok:
                 raise ValueError(message)
 

@@ -279,6 +279,26 @@ def lock_folder(folder):
     into the same folder is refused at once, naming the process that holds it, and touches nothing. The kernel
     releases the lock when the process dies, so a killed run never leaves a stale one."""
     handle = open(os.path.join(folder, LOCK_FILE), "a+")
+    _take_lock(handle, folder)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def check_lock_free(folder) -> None:
+    """ValueError if a run holds `folder`'s lock; creates nothing (a folder or lock file that does not exist is
+    held by no one). Lets a caller name a folder in use before it names anything else wrong with it."""
+    try:
+        handle = open(os.path.join(folder, LOCK_FILE))
+    except OSError:
+        return
+    with handle:
+        _take_lock(handle, folder)  # released on close
+
+
+def _take_lock(handle, folder) -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -287,11 +307,6 @@ def lock_folder(folder):
         handle.close()
         raise ValueError(f"--out_dir={folder} is in use by another run ({holder}); wait for it to end or pass "
                          "another --out_dir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return handle
 
 
 # ---------------------------------------------------------------------------- signals
@@ -311,13 +326,17 @@ def stop_signals_call(handler):
 @contextlib.contextmanager
 def graceful_stop():
     """SIGINT / SIGTERM set `stop.requested`: the loop saves at the end of the step and returns cleanly; a
-    second signal aborts at once. Installed only from the main thread; the old handlers come back on exit."""
+    second signal aborts at once (exit 128 + N, one line: a save it cuts short stays a .tmp folder, which the
+    next save removes, so the previous checkpoint is the one to resume). Installed only from the main thread; the
+    old handlers come back on exit."""
     stop = threading.Event()
     stop.signum = None
 
     def on_signal(signum, frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            print(f"signal {signum} again: stopped at once, without saving; --resume=true continues from the last "
+                  "complete checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         stop.set()
         stop.signum = signum
         print(f"\nsignal {signum}: saving a checkpoint after this step, then stopping", flush=True)

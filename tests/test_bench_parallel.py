@@ -2,6 +2,7 @@
 wrapper over 2 gloo processes (the slow case)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from test_train import data_dir  # noqa: F401 (a fixture)
@@ -26,6 +27,27 @@ def test_bad_flags_are_one_line(capsys, argv, message):
         bench_parallel.main(argv)
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+TORCHRUN_FAILURE = """[rank0]: train.py: error: unknown preset 'nope'; known presets: small, tiny-dense
+E1207 22:00:00 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 2) local_rank: 0
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+"""
+
+
+@pytest.mark.parametrize("stderr, code, message", [
+    (TORCHRUN_FAILURE, 2, "unknown preset 'nope'; known presets: small, tiny-dense (in train.py --data_parallel=ddp)"),
+    ("RuntimeError: gloo connection refused\n====\n", 1, "failed (exit 1): RuntimeError: gloo connection refused"),
+])
+def test_a_failed_launch_names_train_s_own_error_not_torchrun_s_banner(capsys, monkeypatch, stderr, code, message):
+    """torchrun ends a failed job with its own banner: the line that says why is train.py's, one of its ranks'."""
+    monkeypatch.setattr(bench_parallel.subprocess, "run",
+                        lambda *a, **k: SimpleNamespace(returncode=1, stdout="", stderr=stderr))
+    assert bench_parallel.main(["--preset=nope", "--steps=2", "--warmup=0"]) == code
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("bench_parallel.py: error: ") and err.endswith(message), err
 
 
 @pytest.mark.slow

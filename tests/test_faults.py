@@ -353,3 +353,116 @@ def test_resume_into_a_folder_without_a_run_creates_nothing(tmp_path, data_dir, 
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"--resume=true but {out} holds no run to continue" in err and "drop --resume" in err
     assert (sorted((p.name, p.read_bytes()) for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_a_config_folder_and_a_data_file_are_named_as_such(tmp_path, data_dir, capsys):  # noqa: F811
+    (tmp_path / "dir.toml").mkdir()
+    code, err = run_main(capsys, args(tmp_path / "a", data_dir, f"--config={tmp_path / 'dir.toml'}"))
+    assert code == 2 and "dir.toml is a folder; give a .toml or .json file" in err and err.count("\n") == 1
+    code, err = run_main(capsys, args(tmp_path / "b", REPO / "README.md"))
+    assert code == 2 and "README.md is a file, not a data folder" in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+    assert not {"log.jsonl", "checkpoints"} & {p.name for p in (tmp_path / "b").iterdir()}
+
+
+def test_a_log_that_is_not_text_is_named_on_resume_and_kept(run_copy, data_dir, capsys):  # noqa: F811
+    (run_copy / "log.jsonl").write_bytes(b"\xff\xfe\x00\x81")
+    code, err = run_main(capsys, args(run_copy, data_dir, "--resume=true", steps=8))
+    assert code == 2 and f"{run_copy / 'log.jsonl'} is not a text log (not UTF-8); move it away" in err
+    assert (run_copy / "log.jsonl").read_bytes() == b"\xff\xfe\x00\x81"
+    assert checkpoint.read_meta(checkpoint.latest(run_copy))["step"] == 6
+
+
+def test_resume_into_a_folder_a_run_holds_says_it_is_in_use(tmp_path, data_dir, capsys):  # noqa: F811
+    """A run that has not saved yet holds the folder: --resume=true is told the folder is in use (the cause),
+    not that it holds no run (which would send the user to start a second run there)."""
+    from support import runtime
+    (tmp_path / "held").mkdir()
+    lock = runtime.lock_folder(tmp_path / "held")
+    try:
+        code, err = run_main(capsys, args(tmp_path / "held", data_dir, "--resume=true"))
+    finally:
+        lock.close()
+    assert code == 2 and "is in use by another run (process" in err and err.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "held").iterdir()) == [runtime.LOCK_FILE]
+
+
+def test_a_shorter_max_steps_on_resume_is_warned_as_a_schedule_change(run_copy, data_dir):  # noqa: F811
+    """A checkpoint at step 6 of a run planned for 12 steps, resumed with --max_steps=8: allowed (ending early is
+    a choice), with a warning that the learning rate now follows the 8-step schedule."""
+    import config
+    meta = checkpoint.read_meta(checkpoint.latest(run_copy))
+    meta["train_config"]["max_steps"] = 12  # in memory only: the run as if it had been planned longer
+    cfg, mcfg = config.resolve_config(config.parse_config(args(run_copy, data_dir, "--resume=true", steps=8)))
+    notes = config.check_resumable(meta, cfg, mcfg, meta["data_dir"])
+    assert notes[0] == "max_steps 12 -> 8"
+    assert "a shorter run than planned: the learning rate follows the schedule of 8 steps from step 6 on (its " \
+           "decay starts at step 6 instead of 10)" in notes[1]
+
+
+def test_a_full_disk_reported_as_a_writer_error_is_one_line_and_frees_the_unfinished_save(
+        tmp_path, data_dir, capsys, monkeypatch):  # noqa: F811
+    """torch's file writer reports a full disk as RuntimeError("... unexpected pos ..."), with no OSError: the disk's
+    free space names the cause, and the unfinished save's folder is removed so that the disk has room again."""
+    import shutil as shutil_lib
+
+    import torch.distributed.checkpoint as dcp
+    real_save, real_usage, saves = dcp.save, shutil_lib.disk_usage, []
+
+    def full_after_first(*a, **k):
+        saves.append(1)
+        if len(saves) > 1:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(*a, **k)
+
+    def usage(path):
+        total, used, free = real_usage(path)
+        return type(real_usage(path))(total, used, 2**20 if len(saves) > 1 else free)
+
+    monkeypatch.setattr(dcp, "save", full_after_first)
+    monkeypatch.setattr(shutil_lib, "disk_usage", usage)
+    code, err = run_main(capsys, args(tmp_path / "out", data_dir))
+    assert code == 1 and "No space left on device" in err and err.count("\n") == 1
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_0000002"]
+    monkeypatch.undo()
+    intact(tmp_path / "out", step=2)
+
+
+def test_resume_onto_a_full_disk_says_to_free_space_not_to_move(run_copy, data_dir, capsys, monkeypatch):  # noqa
+    import errno
+
+    import config
+
+    def no_room(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(config, "open", no_room, raising=False)  # check_out_dir's probe file
+    code, err = run_main(capsys, args(run_copy, data_dir, "--resume=true", steps=8))
+    assert code == 2 and "no space left on its disk; free some space (a step_N.tmp folder" in err
+    assert "pick another folder" not in err
+
+
+@pytest.mark.parametrize("fault, code, message", [
+    (KeyboardInterrupt, 130, "train.py: interrupted while starting or stopping"),
+    (MemoryError, 1, "train.py: error: out of memory (the memory plan printed above shows what a rank holds)"),
+])
+def test_ctrl_c_or_no_memory_during_setup_is_one_line(tmp_path, data_dir, capsys, monkeypatch, fault, code,  # noqa
+                                                      message):
+    def fail(*a, **k):
+        raise fault
+
+    monkeypatch.setattr(train, "prepare_data", fail)
+    got, err = run_main(capsys, args(tmp_path / "out", data_dir))
+    assert got == code and err.startswith(message) and err.count("\n") == 1
+
+
+def test_a_second_signal_stops_at_once_in_one_line():
+    """The first SIGINT asks for a save after the step; a second one (the user insists) exits at once, 130, with one
+    line saying what is kept, never a KeyboardInterrupt traceback from wherever the process was."""
+    script = ("import os, signal, time\nfrom support import runtime\nwith runtime.graceful_stop():\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 130 and "saving a checkpoint after this step" in proc.stdout
+    assert proc.stderr.strip().splitlines() == ["signal 2 again: stopped at once, without saving; --resume=true "
+                                                "continues from the last complete checkpoint"]

@@ -123,6 +123,13 @@ def test_unsupported_architecture_and_missing_hidden_states_are_clear_errors():
         hf.nitp_terms(llama, NITPHead(32), x, attention_mask=torch.ones(1, 4, dtype=torch.long))
 
 
+@pytest.mark.parametrize("weight", [float("inf"), float("nan"), -1.0])
+def test_a_non_finite_or_negative_lambda_is_refused_at_construction(weight):
+    """An infinite lambda trained a model to NaN weights with exit 0 (found by trying it); NaN was refused already."""
+    with pytest.raises(ValueError, match=r"^nitp_weight=.* must be a finite number >= 0$"):
+        hf.NITPConfig(nitp_weight=weight).check()
+
+
 def test_default_target_layer_is_the_repos_rule():
     for n in range(1, 33):
         assert hf.resolve_target_layer(None, n) == model_lib.GPTConfig(n_layer=n).nitp_defaults()[0]

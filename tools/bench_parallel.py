@@ -41,8 +41,13 @@ def launch(mode, args, out_dir) -> None:
                f"--out_dir={out_dir}", *args.train_flags]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+    if proc.returncode != 0:  # torchrun prefixes its ranks' lines with "[rankN]:" and ends with its own banner
+        lines = [line.split("]:", 1)[-1].strip() if line.startswith("[rank") else line.strip()
+                 for line in (proc.stderr + "\n" + proc.stdout).splitlines()]
+        refused = next((line for line in lines if line.startswith("train.py: error: ")), None)
+        if refused is not None:  # bad input (a preset, a flag): train.py's own one line
+            raise ValueError(f"{refused.removeprefix('train.py: error: ')} (in train.py --data_parallel={mode})")
+        tail = [line for line in lines if line.strip("=-_ ")][-1:] or ["(no output)"]
         raise RuntimeError(f"train.py --data_parallel={mode} failed (exit {proc.returncode}): {tail[0]}")
 
 
@@ -76,6 +81,9 @@ def main(argv=None) -> int:
         parser.error("--nproc must be at least 2, --rounds at least 1, and 0 <= --warmup < --steps")
     try:
         result = bench(args)
+    except ValueError as err:
+        print(f"bench_parallel.py: error: {err}", file=sys.stderr)
+        return 2
     except RuntimeError as err:
         print(f"bench_parallel.py: error: {err}", file=sys.stderr)
         return 1
