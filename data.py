@@ -83,6 +83,19 @@ def _progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer) -> s
     return line + f" | {sum(len(w.shards) for w in writer.writers.values())} shards complete"
 
 
+def _ends_digest(path: Path, piece: int = 1 << 16) -> str | None:
+    """sha256 of a file's first and last 64 KiB: with its size and mtime, what tells the input an interrupted
+    preparation read from one edited since (a resume would mix the two). None when it cannot be read: the
+    preparation's own read then names the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(piece)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - piece))
+            return hashlib.sha256(head + f.read(piece)).hexdigest()[:16]
+    except OSError:
+        return None
+
+
 def _sources(input, hf_dataset, hf_config, hf_split, text_key):
     """(tasks, source for meta.json, input identity for resuming, total input bytes or 0, default out_dir name)."""
     if hf_dataset is not None:
@@ -95,10 +108,10 @@ def _sources(input, hf_dataset, hf_config, hf_split, text_key):
     if not paths:
         raise ValueError(f"no corpus files in --input={','.join(corpus.input_entries(input))}; give "
                          f"{corpus.FORMATS_HELP}")
-    listing = [[files.repo_relative(f), f.stat().st_size, f.stat().st_mtime_ns] for f in paths]
+    listing = [[files.repo_relative(f), f.stat().st_size, f.stat().st_mtime_ns, _ends_digest(f)] for f in paths]
     inputs = {"files": len(paths), "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
     name = Path(re.split(r"[*?\[]", corpus.input_entries(input)[0])[0].rstrip("/") or ".").resolve().stem
-    source = {"num_inputs": len(paths), "inputs": [f for f, _, _ in listing[:MAX_LISTED_DOCUMENTS]]}
+    source = {"num_inputs": len(paths), "inputs": [row[0] for row in listing[:MAX_LISTED_DOCUMENTS]]}
     return corpus.file_tasks(paths, text_key, corpus.TASK_BYTES), source, inputs, sum(x[1] for x in listing), name
 
 
@@ -224,6 +237,9 @@ def _require_file(data_dir, name) -> Path:
         raise FileNotFoundError(f"{data_dir / name} is missing: the preparation of {data_dir} was interrupted "
                                 f"({where} holds its progress): rerun the same `python data.py ...` command to "
                                 f"resume it")
+    if data_dir.is_file():
+        raise FileNotFoundError(f"--data_dir={data_dir} is a file, not a data folder; pass the folder data.py "
+                                "prepared (it holds meta.json and the token shards)")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; {_prepare_hint(data_dir)}")
     if not any(data_dir.iterdir()):

@@ -123,10 +123,38 @@ def open_binary(path):
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw
     if name.endswith(".zst"):
-        zstd = _optional("zstandard", path)
-        reader = zstd.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20), raw
+        return io.BufferedReader(_ZstdFrames(raw, _optional("zstandard", path)), buffer_size=1 << 20), raw
     return raw, raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file's frames, one after another. zstandard's stream_reader ends quietly
+    where a truncated file ends (half a corpus, read as all of it): here a file that ends inside a frame is an
+    EOFError and bytes that are not zstd an OSError, as gzip's are, so readers say "cannot be decompressed"."""
+
+    def __init__(self, raw, zstd):
+        self.raw, self.zstd, self.frame, self.input, self.output = raw, zstd, None, b"", memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.output:
+            data, self.input = self.input or self.raw.read(1 << 20), b""
+            if not data:
+                if self.frame is not None:  # the file ends inside a frame: cut short
+                    raise EOFError("the file ends inside a zstd frame: it was cut short")
+                return 0
+            self.frame = self.frame or self.zstd.ZstdDecompressor().decompressobj()
+            try:
+                self.output = memoryview(self.frame.decompress(data))
+            except self.zstd.ZstdError as err:
+                raise OSError(f"not zstd data, or damaged ({err})") from None
+            if self.frame.eof:  # the frame is complete; what follows it is the next frame
+                self.input, self.frame = self.frame.unused_data, None
+        count = min(len(buffer), len(self.output))
+        buffer[:count], self.output = self.output[:count], self.output[count:]
+        return count
 
 
 def _not_text(where: str, data: bytes, err: UnicodeDecodeError | None = None, of: str = "") -> ValueError:

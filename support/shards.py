@@ -24,8 +24,10 @@ the new shards are renamed into DIR, and meta.json is renamed in last; then the 
 the move leaves DIR without meta.json (it reads as interrupted) and the work folder's meta.json marks the move as
 owed: `recover`, which the next preparation of DIR runs first, repeats it (every step can run twice), and a rerun
 of the same command then has nothing left to do. Files in DIR that are not ours are never touched, and a DIR
-whose meta.json data.py did not write is refused before anything is written (`check_meta_is_ours`). A checkpoint
-that an older data.py left inside DIR itself is moved into the work folder and resumed there.
+holding files a preparation would replace that data.py did not write (a meta.json not of data.py's, or shard
+names without data.py's meta.json) is refused before anything is written and again before the move
+(`check_out_dir_is_ours`). A checkpoint that an older data.py left inside DIR itself is moved into the work folder
+and resumed there.
 
 Reading (`open_split`): a split is a `TokenStream`, its shards as one sequence (len() and slicing), each
 shard an np.memmap, so nothing is read into memory until a window is sliced out. Every shard's size is
@@ -170,6 +172,7 @@ class Writer:
             raise ValueError(f"the output folder {self.out_dir} is a file; give a folder (--out_dir)")
         check_meta_is_ours(self.out_dir)  # before anything is written: the finished preparation replaces it
         recover(self.out_dir)
+        check_out_dir_is_ours(self.out_dir)  # after recover: the half-moved-in shards it finished were ours
         state_path, state = self.work / STATE, None
         if (self.out_dir / STATE).is_file() and not (self.out_dir / META).is_file() and not state_path.is_file():
             self._adopt()
@@ -189,7 +192,7 @@ class Writer:
                       f"starting over", flush=True)
                 state = None
         if state is None:  # a fresh start: remove what an earlier preparation left (never files that are not ours)
-            self.work.mkdir(parents=True, exist_ok=True)
+            _make_work_dir(self.out_dir, self.work)
             _remove_ours(self.work)
         saved = state["splits"] if state else {}
         self.writers = {s: _SplitWriter(self.work, s, dtype, shard_tokens, saved.get(s)) for s in SPLITS}
@@ -204,7 +207,7 @@ class Writer:
     def _adopt(self) -> None:
         """Move a preparation that an older data.py interrupted inside out_dir into the work folder, to resume it
         there (the checkpoint last: a move that is itself interrupted is repeated)."""
-        self.work.mkdir(parents=True, exist_ok=True)
+        _make_work_dir(self.out_dir, self.work)
         for path in self.out_dir.iterdir():
             if _OUR_FILES.fullmatch(path.name):
                 os.replace(path, self.work / path.name)
@@ -282,6 +285,7 @@ class Writer:
         if transform is not None:
             (self.work / STATE).unlink(missing_ok=True)  # interrupted from here on: no meta, no state, starts over
             meta = transform(meta)
+        check_out_dir_is_ours(self.out_dir)  # a file of the user's put there while the preparation ran is kept too
         _write_json(self.work / META, meta)  # the preparation has succeeded: from here on, out_dir is replaced
         install(self.work, self.out_dir)
         return meta
@@ -348,6 +352,47 @@ def check_meta_is_ours(out_dir) -> None:
         else "it has no " + ", ".join(k for k in OUR_META_KEYS if k not in meta)
     raise ValueError(f"{path} is not a meta.json data.py wrote ({why}) and data.py would replace it: move it away, "
                      "or give another --out_dir")
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a prepare_state.json a preparation of data.py wrote (a JSON object with its settings)."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(state, dict) and "settings" in state and "inputs" in state
+
+
+def check_out_dir_is_ours(out_dir) -> None:
+    """ValueError unless every file in out_dir that a preparation replaces or removes (meta.json, shard names,
+    prepare_state.json) is data.py's: they are when out_dir has data.py's meta.json, or the checkpoint of a
+    preparation an older data.py interrupted inside it; never a user's `train_00000.bin` in a folder of theirs."""
+    out_dir = Path(out_dir)
+    check_meta_is_ours(out_dir)
+    if (out_dir / META).is_file() or not out_dir.is_dir() or _is_checkpoint(out_dir / STATE):
+        return
+    theirs = sorted(p.name for p in out_dir.iterdir() if _OUR_FILES.fullmatch(p.name) or p.name == STATE)
+    if theirs:
+        named = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise ValueError(f"{out_dir} holds {named}, which data.py did not write (the folder has no meta.json of "
+                         f"data.py's) and a preparation would replace: move them away, or give another --out_dir")
+
+
+def _make_work_dir(out_dir: Path, work: Path) -> None:
+    """Create the work folder (and its parents), or a one-line error saying why --out_dir cannot be there."""
+    existing = next(p for p in (work, *work.parents) if p.exists() or p.is_symlink())
+    if existing == work and not work.is_dir():
+        raise ValueError(f"{work} is a file of yours where data.py makes the work folder of --out_dir={out_dir}; "
+                         f"move it away, or give another --out_dir")
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is a file, not a folder; pick another --out_dir")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise  # os_error_line names the folder and the fix
+        raise ValueError(f"cannot create a folder in {existing} ({err.strerror}: {err.filename}); pick an --out_dir "
+                         f"in a folder you can write") from None
 
 
 def recover(out_dir, settings=None, inputs=None) -> bool:

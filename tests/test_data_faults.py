@@ -1,6 +1,8 @@
 """Tests for data.py's faults: bad input and OS errors are one line on stderr and exit status 2, and a folder
 prepared before stays byte-identical through them, through a SIGKILL, and through a crash at any step of
-moving a finished preparation in (which the rerun then finishes).
+moving a finished preparation in (which the rerun then finishes). A folder holding files by data.py's names
+that data.py did not write is refused and kept; a truncated or damaged .zst is refused like a .gz; an input
+edited in place (same size and time) after a kill starts the preparation over instead of resuming.
 
 Each bad input runs a real `python data.py` into a prepared folder and compares every byte of that folder
 before and after. Offline and small: a few .jsonl documents in tmp_path, GPT-2 from the installed
@@ -91,6 +93,16 @@ def one_input(name, content):
     return flags
 
 
+def zst(lines: int, keep: float = 0.5):
+    """A .jsonl.zst of `lines` documents cut to its first `keep` of bytes (GPT-2 is not run on the half)."""
+    def content(path: Path) -> None:
+        import zstandard
+        whole = zstandard.ZstdCompressor().compress(
+            "".join(json.dumps({"text": f"doc {i:06d} " + "word " * 8}) + "\n" for i in range(lines)).encode())
+        write(path, whole[:int(len(whole) * keep)])
+    return content
+
+
 def with_tokenizer(name, content):
     def flags(tmp: Path) -> list:
         tok = write(tmp / name, content) if content is not None else tmp / name
@@ -129,6 +141,17 @@ BAD_INPUTS = {
                             ["junk.parquet: not a readable parquet file"]),
     "truncated .jsonl.gz": (one_input("cut.jsonl.gz", gzip.compress(jsonl(DOCS).encode())[:-40]),
                             ["cut.jsonl.gz: cannot be decompressed", "is the file complete?"]),
+    # zstandard's stream reader ends quietly where a cut file ends: half a corpus was prepared as all of it
+    "truncated .jsonl.zst, many blocks": (one_input("cut.jsonl.zst", zst(40_000)),
+                                          ["cut.jsonl.zst: cannot be decompressed", "cut short", "file complete?"]),
+    "truncated .jsonl.zst, one block": (one_input("cut1.jsonl.zst", zst(2_000)),
+                                        ["cut1.jsonl.zst: cannot be decompressed", "cut short"]),
+    "truncated .jsonl.zst, its header only": (one_input("cut2.jsonl.zst", zst(2_000, keep=0.001)),
+                                              ["cut2.jsonl.zst: cannot be decompressed", "cut short"]),
+    "garbage named .jsonl.zst": (one_input("bad.jsonl.zst", b"garbage not zst\n"),
+                                 ["bad.jsonl.zst: cannot be decompressed", "not zstd data"]),
+    "garbage named .txt.zst": (one_input("bad.txt.zst", b"garbage not zst\n"),
+                               ["bad.txt.zst: cannot be decompressed", "not zstd data"]),
     "unsupported file type": (one_input("notes.md", "text"), ["notes.md: unsupported file type"]),
     "tokenizer.json not JSON": (with_tokenizer("tokenizer.json", "{broken"),
                                 ["--tokenizer: ", "tokenizer.json is not a tokenizer.json the tokenizers library"]),
@@ -160,12 +183,23 @@ def test_the_flag_the_error_names_then_prepares_the_folder(prepared, tmp_path):
 
 
 def test_output_folder_errors_are_one_line(prepared, tmp_path):
+    """Each names the path the user gave (not the work folder beside it, unless a file of theirs is in its way)."""
     out, before = prepared
     src, afile = write(tmp_path / "ok.jsonl", jsonl(DOCS)), write(tmp_path / "afile", "x")
     assert_refused(run_data(f"--input={src}", f"--out_dir={afile}"), f"the output folder {afile} is a file")
-    assert_refused(run_data(f"--input={src}", f"--out_dir={afile / 'sub'}"), f"{afile / 'sub'}.preparing: ",
-                   "Not a directory")
+    for sub in (afile / "sub", afile / "sub" / "deeper"):
+        line = assert_refused(run_data(f"--input={src}", f"--out_dir={sub}"),
+                              f"{afile} is a file, not a folder; pick another --out_dir")
+        assert ".preparing" not in line
     assert afile.read_text() == "x" and snapshot(out) == before
+    blocker = write(shards.work_dir(tmp_path / "new"), "a file of the user's by the work folder's name")
+    assert_refused(run_data(f"--input={src}", f"--out_dir={tmp_path / 'new'}"),
+                   f"{blocker} is a file of yours where data.py makes the work folder", "move it away")
+    assert blocker.read_text() == "a file of the user's by the work folder's name"
+    assert not (tmp_path / "new").exists()
+    if Path("/proc/self").is_dir():  # a folder that takes no new folders, whoever you are
+        assert_refused(run_data(f"--input={src}", "--out_dir=/proc/nitp_probe"), "cannot create a folder in /proc",
+                       "pick an --out_dir in a folder you can write")
 
 
 def as_someone_else():
@@ -352,3 +386,66 @@ def test_a_meta_json_data_py_did_not_write_is_refused_and_kept(content, folder, 
     line = assert_refused(run_data(f"--input={src}", f"--out_dir={out}", "--workers=1"),
                           f"{out / 'meta.json'} is not a meta.json data.py wrote", "move it away")
     assert "Traceback" not in line and snapshot(out) == before and not shards.work_dir(out).exists()
+
+
+SHARD_NAMES = {
+    "the user's train and val shards": {"train_00000.bin": "my own shard\n", "val_00000.bin": "my own val\n"},
+    "an older layout's train.bin": {"train.bin": b"\x01\x02" * 50},
+    "a prepare_state.json not of data.py's": {"prepare_state.json": '{"step": 3}\n', "val_00007.bin": "x"},
+}
+
+
+@pytest.mark.parametrize("name", SHARD_NAMES)
+def test_shard_names_data_py_did_not_write_are_refused_and_kept(name, tmp_path):
+    """Files by the names a preparation writes, in a folder without data.py's meta.json, are the user's: refused
+    in one line, byte-identical, nothing created beside them. (The old code wrote its shards over them.)"""
+    src, out = tmp_path / "in", tmp_path / "mine"
+    src.mkdir()
+    out.mkdir()
+    write(src / "a.txt", "first doc\n")
+    write(src / "b.txt", "second doc\n")
+    for file, content in SHARD_NAMES[name].items():
+        write(out / file, content)
+    write(out / "NOTES.md", "mine too")
+    before = snapshot(out)
+    line = assert_refused(run_data(f"--input={src}", f"--out_dir={out}", "--workers=1"),
+                          f"{out} holds {sorted(SHARD_NAMES[name])[0]}", "which data.py did not write",
+                          "move them away, or give another --out_dir")
+    assert "Traceback" not in line and snapshot(out) == before and not shards.work_dir(out).exists()
+
+
+def test_a_shard_name_put_in_the_folder_while_preparing_is_kept(tmp_path, monkeypatch):
+    """A file by a shard's name that appears in the (unprepared) folder while the preparation runs is kept too."""
+    src, out = write(tmp_path / "other.jsonl", jsonl(OTHER_DOCS)), tmp_path / "out"
+    real_add = shards.Writer.add
+
+    def add(self, result, limit=None):
+        out.mkdir(exist_ok=True)
+        write(out / "val_00000.bin", "copied in meanwhile")
+        real_add(self, result, limit)
+
+    monkeypatch.setattr(shards.Writer, "add", add)
+    with pytest.raises(ValueError, match=r"out holds val_00000.bin, which data.py did not write"):
+        data.prepare(input=str(src), out_dir=str(out), **KW)
+    assert snapshot(out) == {"val_00000.bin": b"copied in meanwhile"} and not shards.work_dir(out).exists()
+
+
+def test_an_input_edited_in_place_after_a_kill_starts_over(tmp_path, monkeypatch, capsys):
+    """An input rewritten with the same size and modification time after an interrupted preparation: the rerun
+    starts over (the old code resumed, mixing shards of the old text with the new), to the bytes of a clean run."""
+    monkeypatch.setattr(corpus, "TASK_BYTES", 200)  # a jsonl block of a few lines per task: a checkpoint in each
+    src, out = write(tmp_path / "other.jsonl", jsonl(OTHER_DOCS * 3)), tmp_path / "out"
+    real_add = crash_after_tasks(monkeypatch, 15, Crash)
+    with pytest.raises(Crash):
+        data.prepare(input=str(src), out_dir=str(out), **KW)
+    monkeypatch.setattr(shards.Writer, "add", real_add)
+    assert json.loads((shards.work_dir(out) / shards.STATE).read_text())["next_index"] > 0
+    stat, text = src.stat(), src.read_text()
+    write(src, text.replace("zebras", "lemurs", 1))  # a word of the first document, already in a shard
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (src.stat().st_size, src.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    capsys.readouterr()
+    data.prepare(input=str(src), out_dir=str(out), **KW)
+    assert "the input files changed since the interrupted preparation: starting over" in capsys.readouterr().out
+    clean = data.prepare(input=str(src), out_dir=str(tmp_path / "clean"), **KW)
+    assert snapshot(out) == snapshot(clean)
