@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import data
 import model as model_lib
 from nitp_loss import HEAD_KINDS, LOSS_TYPES
-from support import checkpoint, compact, files, memory, parallel, peers, runtime
+from support import checkpoint, files, memory, parallel, peers, runtime
 
 # ---------------------------------------------------------------------------- the fields
 OBJECTIVES, ATTACH = ("ntp", "nitp", "cosreg", "mtp", "nextlat"), ("post_norm", "pre_norm")
@@ -299,8 +299,7 @@ def check_fresh_out_dir(cfg, plan, mode, rt):
     if rt.master:
         check_out_dir(cfg.out_dir, (plan.params + plan.optimizer) * (rt.world if mode == "fsdp" else 1))
         if broken := checkpoint.incomplete_checkpoints(cfg.out_dir):
-            raise ValueError(f"{broken[-1]} has no {checkpoint.META}: a damaged checkpoint (saves write under a .tmp "
-                             "name); restore the file from a copy, or move the folder away, then rerun")
+            raise checkpoint.damaged(broken[-1])
         if not cfg.resume and checkpoint.latest(cfg.out_dir) is not None:
             raise ValueError(f"--out_dir={cfg.out_dir} already holds a run ({checkpoint.latest(cfg.out_dir)}); "
                              "pass --resume=true to continue it, or another --out_dir to start a new one")
@@ -344,7 +343,8 @@ def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = Non
     """ValueError naming every field where the checkpoint's run differs from this one in a way that changes the
     trajectory (model, objective, data, optimisation, seed); returns notes for what may change (a longer run).
     data_dir: this run's data directory in the form checkpoints store (relative to the repository); data_meta: its
-    meta.json (default: read from data_dir), whose vocabulary must be the checkpoint's (compact.vocab_mismatch)."""
+    meta.json (default: read from data_dir), which must hold the checkpoint's vocabulary and tokens
+    (data.prepared_again)."""
     ours, theirs, model_ours = dataclasses.asdict(cfg), meta["train_config"], mcfg.to_dict()
     # a field added after the checkpoint was written had its default then
     theirs = {**{f.name: f.default for f in dataclasses.fields(cfg) if f.name not in theirs
@@ -356,11 +356,8 @@ def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = Non
     data_meta = data_meta or data.load_meta(files.from_repo(data_dir))
     if meta.get("data_dir") != data_dir:
         diffs.append(f"data_dir: checkpoint {meta.get('data_dir')!r}, this run {data_dir!r}")
-    elif problem := compact.vocab_mismatch(data_meta, meta):
-        diffs.append(f"data_dir {data_dir!r} was prepared again since: {problem} (prepare it as it was)")
-    elif meta.get("data_fingerprint") not in (None, data.fingerprint(files.from_repo(data_dir), data_meta)):
-        diffs.append(f"data_dir {data_dir!r} was prepared again since: its shards hold other tokens than the ones "
-                     "the checkpoint trained on (prepare it as it was, from the same text)")
+    elif problem := data.prepared_again(meta, files.from_repo(data_dir), data_meta):
+        diffs.append(f"data_dir: {problem} (prepare it as it was, from the same text)")
     if diffs:
         raise ValueError("cannot resume, the checkpoint was trained with a different configuration: " + "; ".join(diffs)
                          + ". Pass the checkpoint's values, or drop --resume / use a new --out_dir")

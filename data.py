@@ -307,6 +307,32 @@ def text_tokenizer(meta: dict):
     return compact.text_tokenizer(meta)
 
 
+def _same_folder(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def prepared_again(trained: dict, data_dir, data_meta: dict, tokens: bool = True) -> str | None:
+    """How `data_dir` (meta.json `data_meta`), if it is the data folder the checkpoint `trained` (its meta.json) names,
+    no longer holds what the run trained on (--resume, eval.py and sample.py ask): another vocabulary or, with
+    `tokens`, other tokens (fingerprint), so its val split may hold training documents; None when it still holds
+    them, or is another folder (held-out data of the user's choice: check_vocab checks its vocabulary)."""
+    named = trained.get("data_dir")  # as train.py stores it: relative to the repository
+    if not named or not _same_folder(files.from_repo(named), data_dir):
+        return None
+    if named.startswith(".."):  # outside the repository: its real path reads better than ../../
+        named = str(Path(files.from_repo(named)).resolve())
+    if problem := compact.vocab_mismatch(data_meta, trained):
+        return f"{problem}: {named} was prepared again after training, so its ids are not the run's"
+    recorded = trained.get("data_fingerprint")
+    if tokens and recorded is not None and recorded != fingerprint(data_dir, data_meta):
+        return (f"{named} was prepared again after training: its shards hold other tokens than the ones the run "
+                "trained on, so its validation split may hold documents the run trained on")
+    return None
+
+
 # ---------------------------------------------------------------------------- batches
 class BatchSampler:
     """Random (T+1)-token windows of a token stream: global batch `step` holds `global_batch` windows, a pure

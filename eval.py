@@ -13,10 +13,13 @@ For every run directory that train.py wrote (checkpoints/ + log.jsonl), this fil
     writes them as NAME/metrics.json, draws the five figures and writes report.md:
         python eval.py RUN_DIR [RUN_DIR ...] --out=REPORT_DIR [--max_tokens=8192 --num_mc=200 ...]
     REPORT_DIR is new, or holds an earlier report of eval.py's (replaced), or none of its files' names: a
-    report.md or a figure of the user's there is refused before any work (report.check_out_dir).
+    report.md or a figure of the user's there is refused before any work (report.check_out_dir), and so are two runs
+    that would be reported under one name (run_names).
 Checkpoints store data_dir relative to the repository (files.from_repo reads it back). The held-out data must have
 the vocabulary a run was trained on (data.check_vocab: a run on a compacted vocabulary, data.py --compact_vocab,
-reads only data with the same map, and the tasks' text is encoded through that map). Everything is a
+reads only data with the same map, and the tasks' text is encoded through that map), and a run's own data folder
+must still hold the tokens it trained on (data.prepared_again, as --resume): prepared again, its val split
+may hold training documents. Runs are read as --resume reads them (checkpoint.load_model). Everything is a
 function; `main(argv)` is the CLI. Imports model, data, runtime, metrics, tasks and report (matplotlib
 only through report.py), never train.py. Nothing runs at import.
 """
@@ -63,11 +66,14 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("batch_tokens", "num_pairs", "probe_window", "probe_per_play", "num_mc", "mc_context_lines"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name}={getattr(self, name)} must be positive")
         for ok, message in [
-            (min(self.max_tokens, self.batch_tokens, self.num_pairs, self.probe_window, self.probe_per_play,
-                 self.num_mc, self.mc_context_lines) > 0,
-             "max_tokens, batch_tokens, num_pairs, probe_window, probe_per_play, num_mc and mc_context_lines must be "
-             "positive"),
+            (self.max_tokens > 0, f"--max_tokens={self.max_tokens} must be positive (at least 2)"),
+            # one token gives one row of representations: no pair of them for the average cosine
+            (self.max_tokens >= 2, f"--max_tokens={self.max_tokens}: at least 2 held-out tokens are needed (the "
+                                   "average cosine compares pairs of them); pass --max_tokens=2 or more"),
             (self.seq_len is None or self.seq_len >= 2, f"seq_len={self.seq_len} must be >= 2 (or none)"),
             (0 < self.probe_test_fraction < 1, f"probe_test_fraction={self.probe_test_fraction} must be in (0, 1)"),
             (self.probe_l2 >= 0, f"probe_l2={self.probe_l2} must be >= 0"),
@@ -113,13 +119,13 @@ def load_run(run_dir) -> dict:
     run_dir = Path(run_dir)
     log_path = run_dir / "log.jsonl"
     make_one = f"train one with `python train.py --objective=ntp --out_dir={run_dir}`"
-    if checkpoint.latest(run_dir) is None:
+    if checkpoint.latest(run_dir) is None:  # ValueError for a damaged newer one: never an older one silently
         raise FileNotFoundError(f"no complete checkpoint in {run_dir / checkpoint.CHECKPOINTS}: {run_dir} is not a "
                                 f"finished run; {make_one}")
     if not log_path.is_file():
         raise FileNotFoundError(f"no log at {log_path}; eval.py needs the run's log.jsonl beside its checkpoints "
                                 f"({make_one})")
-    model, ckpt = checkpoint.load_model(run_dir, map_location="cpu")
+    model, ckpt = checkpoint.load_model(run_dir, map_location="cpu")  # the newest, also of a run still saving
     model.eval()
     log = read_log(log_path)
     config_line = next((r for r in log if r.get("kind") == "config"), {})
@@ -127,6 +133,25 @@ def load_run(run_dir) -> dict:
     objective = train_config.get("objective", "unknown")
     return {"dir": str(run_dir), "name": run_dir.resolve().name, "label": f"{run_dir.resolve().name} ({objective})",
             "objective": objective, "train_config": train_config, "model": model, "ckpt": ckpt, "log": log}
+
+
+def run_names(run_dirs) -> list[str]:
+    """The name each run is reported under (its NAME/metrics.json, its report row): its folder's name, or, where two
+    runs' folders share one (seeds/ntp), the parent's name too ("seed1-ntp"). ValueError, naming both paths, for two
+    runs that would still share a name: one's metrics.json would replace the other's."""
+    folders = [Path(d).resolve() for d in run_dirs]
+    names = [f.name for f in folders]
+    names = [f"{f.parent.name}-{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+    for i, name in enumerate(names):
+        j = names.index(name)
+        if j < i:
+            twice = folders[i] == folders[j]
+            why, fix = (("the same run, given twice", "give each run once") if twice else
+                        ("their folders and their parents have the same names", "link one of them under another name"))
+            raise ValueError(f"{run_dirs[j]} and {run_dirs[i]} would both be reported as "
+                             f"{folders[i].name if twice else name!r} ({why}), one's metrics.json and report row "
+                             f"replacing the other's; {fix}")
+    return names
 
 
 def check_same_tokenizer(runs: list[dict]) -> str:
@@ -331,7 +356,10 @@ def load_heldout(data_dir, runs: list[dict]):
     """(meta.json, val split) of the held-out data, refused unless every run (a `load_run` dict) can read it: the
     vocabulary it was trained on, every id within its vocab_size (data.check_vocab)."""
     meta = data.load_meta(data_dir)
-    for run in runs:
+    for run in runs:  # the run's own data folder prepared again: its val split may hold what the run trained on
+        if problem := data.prepared_again(run["ckpt"], data_dir, meta):
+            raise ValueError(f"{run['dir']}: {problem}; prepare it again as it was (from the same text), or pass "
+                             "--data_dir= a folder of held-out data with the run's vocabulary")
         data.check_vocab(meta, run["model"].config.vocab_size, run["ckpt"])
     return meta, data.load_split(data_dir, "val")
 
@@ -405,15 +433,13 @@ def make_report(run_dirs, out_dir, cfg: EvalConfig | None = None) -> list[dict]:
     cfg = _resolve_device(cfg or EvalConfig())
     if not run_dirs:
         raise ValueError("give at least one run directory, e.g. `python eval.py out/ntp out/nitp --out=reports/cmp`")
+    names = run_names(run_dirs)
+    report.check_out_dir(out_dir, names)  # before the work: a bad --out fails in a second
     runs = [load_run(d) for d in run_dirs]
     tokenizer_name = check_same_tokenizer(runs)
-    names = [r["name"] for r in runs]
-    for r in runs:  # two runs with the same folder name (e.g. seeds/ntp): add the parent folder
-        r["group"] = r["name"]  # runs of one group (seeds of one variant) share a colour in the figures
-        if names.count(r["name"]) > 1:
-            r["name"] = f"{Path(r['dir']).resolve().parent.name}-{r['name']}"
-            r["label"] = f"{r['name']} ({r['objective']})"
-    report.check_out_dir(out_dir, [r["name"] for r in runs])  # before the work: a bad --out fails in a second
+    for r, name in zip(runs, names):
+        r["group"] = r["name"]  # runs of one group (seeds of one variant: one folder name) share a colour
+        r["name"], r["label"] = name, f"{name} ({r['objective']})"
     # every run sees the same tokens in the same windows, so their numbers are comparable
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or min(r["model"].config.block_size for r in runs))
     data_dir = heldout_data_dir(cfg, runs[0]["ckpt"])

@@ -5,7 +5,8 @@
     python sample.py RUN --start=FILE:prompt.txt          # the prompt read from a file (UTF-8)
 
 RUN is a folder train.py wrote (--out_dir): checkpoint.load_model reads its newest complete checkpoint (dense or
-MoE), refusing a corrupted or crafted one. The ids are turned into text by the tokenizer the run's data was
+MoE), refusing a corrupted or crafted one, or a damaged newer one (as --resume does), and retrying with the newest
+when a run still training deletes the one being read. The ids are turned into text by the tokenizer the run's data was
 prepared with, found as eval.py finds it: the checkpoint's meta.json names the data folder (repository-relative),
 whose meta.json holds the tokenizer and, for a compacted vocabulary (data.py --compact_vocab), the map of its
 ids; compact.meta_tokenizer reads text through it. A GPT-2 run whose data folder is gone still samples (GPT-2's
@@ -62,7 +63,8 @@ def parse_args(argv) -> tuple[str, SampleConfig]:
                          f"{USAGE}")
     for key, ok, need in (("temperature", cfg.temperature > 0, "> 0"), ("num_samples", cfg.num_samples >= 1, ">= 1"),
                           ("max_new_tokens", cfg.max_new_tokens >= 1, ">= 1"),
-                          ("top_k", cfg.top_k is None or cfg.top_k >= 1, ">= 1 (or none)")):
+                          ("top_k", cfg.top_k is None or cfg.top_k >= 1, ">= 1 (or none)"),
+                          ("seed", 0 <= cfg.seed < 2**64, f"in [0, {2**64 - 1}] (torch.Generator's seeds)")):
         if not ok:
             raise ValueError(f"--{key}={getattr(cfg, key)} must be {need}")
     return positional[0], cfg
@@ -88,10 +90,10 @@ def load_run(run_dir, device):
     """(model in eval mode on `device`, checkpoint meta.json) of the newest checkpoint of a run folder."""
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"no run folder {run_dir}; give the --out_dir of a train.py run")
-    if checkpoint.latest(run_dir) is None:
+    if checkpoint.latest(run_dir) is None:  # ValueError for a damaged newer one: never an older one silently
         raise FileNotFoundError(f"no complete checkpoint in {Path(run_dir) / checkpoint.CHECKPOINTS}; train one with "
                                 f"`python train.py --out_dir={run_dir}`")
-    model, meta = checkpoint.load_model(run_dir, map_location=device)
+    model, meta = checkpoint.load_model(run_dir, map_location=device)  # the newest, also of a run still saving
     return model.eval(), meta
 
 
@@ -106,9 +108,11 @@ def run_tokenizer(ckpt: dict, model_vocab: int):
     if meta is None and name != "gpt2":
         raise FileNotFoundError(f"the run was trained on {name!r} tokens, whose table is in its data folder's "
                                 f"meta.json, but {data_dir}/meta.json is missing; prepare that data again")
+    # only the folder's vocabulary is read here: its tokens prepared again under the same one change no sample
+    if meta is not None and (problem := data.prepared_again(ckpt, files.from_repo(data_dir), meta,
+                                                                       tokens=False)):
+        raise ValueError(problem)
     meta = meta or {"tokenizer": "gpt2", "vocab_size": tokenizer.GPT2_VOCAB_SIZE}
-    if problem := compact.vocab_mismatch(meta, ckpt):
-        raise ValueError(f"{problem}: {data_dir} was prepared again after training, so its ids are not the run's")
     if meta["vocab_size"] > model_vocab:
         raise ValueError(f"the data's tokenizer has {meta['vocab_size']:,} ids, the model only {model_vocab:,}")
     try:

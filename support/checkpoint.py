@@ -9,8 +9,11 @@ without meta.json or with a `.tmp` name is never taken for a checkpoint: a crash
 previous one loadable. Once the new one is complete the older ones are deleted. DCP reshards on load, so
 a run saved on 2 processes resumes on 1 or on 8.
 
-eval.py, export.py and bench.py read the weights straight from DCP with `load_model` (one process, no
-process group, no conversion step): a finished run needs no consolidated copy.
+eval.py, export.py, sample.py and bench.py read the weights straight from DCP with `load_model` (one process, no
+process group, no conversion step): a finished run needs no consolidated copy. They read a run the way --resume
+does: `latest` refuses a damaged step_N folder (no meta.json) newer than the newest complete checkpoint instead of
+falling back to an older one (data.prepared_again says when the run's data folder no longer holds what it trained
+on), and a checkpoint that a run still training deletes while it is read is retried with the newest one.
 
 Loading never runs code from the files. DCP itself unpickles `.metadata` with plain pickle and every non-tensor
 item (the optimizer's hyperparameters) with torch.load(weights_only=False), so a crafted checkpoint could run
@@ -22,6 +25,7 @@ Imports torch, model.py and files.py. Nothing runs at import.
 """
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -29,6 +33,7 @@ import os
 import pickle
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -49,9 +54,11 @@ META = "meta.json"              # written last: its presence marks a complete ch
 META_DIGEST = "meta_sha256"     # meta.json's digest of its own other fields
 MODEL_KEY = "gpt"               # the model's name inside the saved state ("gpt.embed.weight", ...)
 _STEP_DIR = re.compile(r"step_(\d+)$")
+FULL_DISK_BYTES = 64 * 2**20    # a save that failed with less free than this on its disk failed for want of room
 DCP_METADATA = ".metadata"      # DCP's index of a checkpoint: a pickle
 NOT_OURS = "not a checkpoint this repository wrote"
 FOREIGN_OBJECTS = "it holds Python objects a checkpoint written by train.py never contains"
+RELOADS = 3                     # tries at reading a run that is saving: each save deletes the checkpoint before it
 
 
 # ---------------------------------------------------------------------------- finding checkpoints
@@ -73,13 +80,30 @@ def incomplete_checkpoints(out_dir) -> list[Path]:
         if folder.is_dir() else []
 
 
+def damaged(folder) -> ValueError:
+    """The refusal of a step_N folder without meta.json: damage, not an interrupted save (saves use .tmp names)."""
+    return ValueError(f"{folder} has no {META}: a damaged checkpoint (saves write under a .tmp name); restore the "
+                      "file from a copy, or move the folder away, then rerun")
+
+
 def latest(path) -> Path | None:
-    """The newest complete checkpoint of a run directory (or `path` itself if it is a checkpoint), else None."""
+    """The newest complete checkpoint of a run directory (or `path` itself if it is a checkpoint), else None.
+    ValueError (`damaged`) when a step_N folder newer than it has no meta.json: reading the older one instead would
+    silently give older weights (train.py --resume refuses the same folder). A step_N.tmp folder is a save under
+    way, never damage."""
     path = Path(path)
     if (path / META).is_file() and _STEP_DIR.match(path.name):
         return path
-    found = complete_checkpoints(path)
-    return found[-1] if found else None
+    step = lambda folder: int(_STEP_DIR.match(folder.name).group(1))
+    for look in range(2):
+        found = complete_checkpoints(path)
+        newest = found[-1] if found else None
+        newer = [p for p in incomplete_checkpoints(path) if newest is None or step(p) > step(newest)]
+        if not newer:
+            return newest
+        if look == 0:  # a scan racing a save may see a folder it deletes (an older step, the same step saved
+            time.sleep(0.2)  # twice) without its meta.json for a moment: look again before calling it damage
+    raise damaged(newer[-1])
 
 
 def read_meta(ckpt_dir) -> dict:
@@ -194,8 +218,13 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not distributed)
     except (Exception, CheckpointException) as err:  # DCP wraps the cause (ENOSPC...): surface it plainly
         cause = _cause_in(err, OSError)
+        # torch's file writer reports a full disk as a RuntimeError ("unexpected pos"), not an OSError
+        if cause is None and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES:
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if cause is None:
             raise
+        if rank == 0 and cause.errno == errno.ENOSPC:  # the unfinished save's files would keep the disk full
+            shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(cause.errno, f"writing checkpoint {tmp}: {cause.strerror}") from None
     if distributed:
         dist.barrier()  # every shard is on disk
@@ -204,12 +233,15 @@ def save(out_dir, step: int, state: dict, meta: dict, rank: int = 0) -> Path:
         body = {**meta, "step": step, "sha256": checksums}
         files.write_text_atomically(tmp / META, json.dumps({**body, META_DIGEST: meta_digest(body)}, indent=1) + "\n")
         files.fsync_dir(tmp)
-        if final.exists():  # the same step saved twice (a stop signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if (final / META).is_file():  # the same step saved twice (a stop signal right after a periodic save):
+            shutil.rmtree(tmp)  # the same state, already complete on disk; replacing it would open a gap
+        else:
+            os.replace(tmp, final)
         files.fsync_dir(final.parent)
         for old in final.parent.iterdir():  # older checkpoints and stale temporaries
             if old != final and (old.name.endswith(".tmp") or (_STEP_DIR.match(old.name) and (old / META).is_file())):
+                if not old.name.endswith(".tmp"):  # renamed first: a kill mid-delete leaves a .tmp, never damage
+                    old = old.rename(old.with_name(old.name + ".old.tmp"))
                 shutil.rmtree(old, ignore_errors=True)
     if distributed:
         dist.barrier()
@@ -383,9 +415,12 @@ def load(ckpt_dir, state: dict) -> None:
             dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(ckpt_dir), no_dist=not _distributed())
     except (Exception, CheckpointException) as err:  # DCP wraps what a planner raises: surface a refusal plainly
         refusal = _cause_in(err, RefusedCheckpoint)
-        if refusal is None:
+        if refusal is not None:
+            raise refusal from None
+        gone = _cause_in(err, FileNotFoundError)  # a shard deleted while it was read (a run still saving)
+        if gone is None:
             raise
-        raise refusal from None
+        raise FileNotFoundError(gone.errno, f"reading checkpoint {ckpt_dir}: {gone.strerror}", gone.filename) from None
 
 
 def saved_keys(ckpt_dir) -> list[str]:
@@ -393,13 +428,42 @@ def saved_keys(ckpt_dir) -> list[str]:
     return sorted(read_dcp_metadata(Path(ckpt_dir) / DCP_METADATA).state_dict_metadata)
 
 
+class RunStillSaving(FileNotFoundError):
+    """Every checkpoint `load_newest` picked was deleted while it was read: the run is saving one after another."""
+
+
 def load_model(path, map_location="cpu"):
     """(GPT, meta) from a run directory or a checkpoint directory written by train.py: the model's weights
-    only (no projector, no optimizer), read from DCP's shards into one process."""
-    ckpt_dir = latest(path)
-    if ckpt_dir is None:
-        raise FileNotFoundError(f"no complete checkpoint in {path}: train one with `python train.py --out_dir=DIR` "
-                                f"(it writes DIR/{CHECKPOINTS}/step_N/) or pass the right run directory")
+    only (no projector, no optimizer), read from DCP's shards into one process (`load_newest`)."""
+    model, meta, _ = load_newest(path, map_location)
+    return model, meta
+
+
+def load_newest(path, map_location="cpu"):
+    """(GPT, meta, the checkpoint directory read) of a run directory's newest complete checkpoint, or of a checkpoint
+    directory. A run still training deletes each checkpoint once the next one is complete, maybe while this reads
+    it: then the newest one is read instead, RELOADS tries in all, and RunStillSaving (one line) after that."""
+    for _ in range(RELOADS):
+        ckpt_dir = latest(path)
+        if ckpt_dir is None:
+            raise FileNotFoundError(f"no complete checkpoint in {path}: train one with `python train.py "
+                                    f"--out_dir=DIR` (it writes DIR/{CHECKPOINTS}/step_N/) or pass the right run "
+                                    "directory")
+        try:
+            return (*_load_model_from(ckpt_dir, map_location), ckpt_dir)
+        except (Exception, CheckpointException):
+            if ckpt_dir == Path(path) and not ckpt_dir.is_dir():
+                raise FileNotFoundError(f"checkpoint {ckpt_dir} was deleted while it was read (its run saved a newer "
+                                        "one); read the run's folder instead") from None
+            # replaced by a newer checkpoint while it was read: try that one; else the error is the checkpoint's own
+            if ckpt_dir == Path(path) or latest(path) == ckpt_dir:
+                raise
+    raise RunStillSaving(f"the run in {path} is writing checkpoints faster than they can be read (each of the "
+                         f"{RELOADS} tried was replaced by the next while it was read); retry, or wait until it has "
+                         "saved its last one")
+
+
+def _load_model_from(ckpt_dir, map_location):
     meta = read_meta(ckpt_dir)
     if "model_config" not in meta:
         raise ValueError(f"{ckpt_dir / META} has no model_config: not a checkpoint written by train.py")

@@ -318,21 +318,30 @@ def _first_line(path: Path) -> str:
         return ""
 
 
-def check_out_dir(out_dir, names) -> None:
-    """ValueError (one line naming --out and the fix) unless OUT_DIR can take the report of runs `names`: a folder
-    that is new, or holds none of report_files(names), or an earlier report of eval.py's own (its MARK, or, written
-    before the mark, a report.md whose first line is TITLE), whose files are the ones replaced."""
+def check_folder_path(out_dir, what="the report", flag="--out") -> None:
+    """ValueError (one line naming the flag) when `out_dir`, or the first of its parents that exists, is a file: no
+    folder can be made there. eval.py's --out, and export.py's."""
     out_dir = Path(out_dir)
     existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise ValueError(f"--out={out_dir}: {existing} is a file, not a folder; pass a folder for the report "
+        raise ValueError(f"{flag}={out_dir}: {existing} is a file, not a folder; pass a folder for {what} "
                          "(a new one is made)")
+
+
+def check_out_dir(out_dir, names, beside=(), where=None) -> None:
+    """ValueError (one line naming --out, or `where`, and the fix) unless OUT_DIR can take the report of runs `names`:
+    a folder that is new, or holds none of report_files(names) (nor of `beside`: files written with it, compare.py's
+    summary), or an earlier report of eval.py's own (its MARK, or, written before the mark, a report.md whose first
+    line is TITLE), whose files are the ones replaced."""
+    out_dir = Path(out_dir)
+    check_folder_path(out_dir)
+    where = where or f"--out={out_dir}"
     if (out_dir / MARK).is_file() or _first_line(out_dir / REPORT) == TITLE:
         return
-    taken = [name for name in report_files(names) if (out_dir / name).exists()]
+    taken = [name for name in [*report_files(names), *beside] if (out_dir / name).exists()]
     if taken:
         shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
-        raise ValueError(f"--out={out_dir} holds {shown}, which eval.py did not write (no {MARK}) and would "
+        raise ValueError(f"{where} holds {shown}, which eval.py did not write (no {MARK}) and would "
                          "replace; pass a new or empty folder, or move those files away")
 
 

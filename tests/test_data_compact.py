@@ -191,8 +191,8 @@ def test_resume_is_refused_when_the_data_dir_was_compacted_again(prepared):
     saved = {"train_config": dataclasses.asdict(cfg), "model_config": mcfg.to_dict(), "step": 1,
              "data_dir": files.repo_relative(prepared["compact"]), "tokenizer": meta["tokenizer"]}
     assert config.check_resumable(saved, cfg, mcfg, saved["data_dir"]) == []  # read from the data dir itself
-    with pytest.raises(ValueError, match=r"cannot resume.*was prepared again since: the model was trained on "
-                                         r"'gpt2\+compact:.*but the data holds 'gpt2\+compact:"):
+    with pytest.raises(ValueError, match=r"cannot resume.*data_dir: the model was trained on 'gpt2\+compact:.*but "
+                                         r"the data holds 'gpt2\+compact:.*was prepared again after training"):
         config.check_resumable(saved, cfg, mcfg, saved["data_dir"], data.load_meta(prepared["other"]))
 
 

@@ -267,3 +267,27 @@ def test_evaluate_run_reports_the_target_layers_geometry_and_the_last_held_out_a
     assert metrics["avg_cosine"] == layers[-1]["avg_cosine"]
     assert len({layer["avg_cosine"] for layer in layers}) == 4  # measured per layer, not one value copied
     assert metrics["final_val_aux_loss"] == (pytest.approx(0.4 - 30 / 1000) if objective == "nitp" else None)
+
+
+def test_runs_are_named_by_their_folder_and_never_two_alike(tmp_path):
+    """NAME/metrics.json and the report row: the folder's name, its parent's too where two folders share a name; two
+    runs that would still share one are refused (one metrics.json would replace the other)."""
+    assert ev.run_names(["c/seed1/ntp", "c/seed2/ntp", "c/seed1/nitp"]) == ["seed1-ntp", "seed2-ntp", "nitp"]
+    with pytest.raises(ValueError, match=r"^a/run and ./a/run would both be reported as 'run' \(the same run, given "
+                                         r"twice\), .*; give each run once$"):
+        ev.run_names(["a/run", "./a/run"])
+    with pytest.raises(ValueError, match=r"^g1/s/x and g2/s/x would both be reported as 's-x' \(their folders and "
+                                         r"their parents have the same names\)"):
+        ev.run_names(["g1/s/x", "g2/s/x"])
+
+
+def test_a_data_folder_prepared_again_with_another_vocabulary_is_named_as_such(tmp_path, data_dir, capsys):
+    """The run's own data folder, now of another vocabulary: it was prepared again (pointing at that very folder as
+    the data the run was trained on would send the user in a circle)."""
+    run = write_run(tmp_path / "ntp", "ntp", data_dir, tokenizer="gpt2-compact-0123abcd")
+    out = tmp_path / "report"
+    assert ev.main([str(run), f"--out={out}", "--probe=false", "--mc=false", "--device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()
+    assert f"{data_dir.resolve()} was prepared again after training, so its ids are not the run's" in err
+    assert "use the data it was trained on" not in err

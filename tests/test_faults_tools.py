@@ -1,11 +1,13 @@
 """The fault suite for the commands besides train.py (tests/test_faults.py) and data.py (tests/test_data_faults.py):
 eval.py and tools/compare.py refuse bad numbers before any work, an edited checkpoint meta.json is corrupted for
-every loader, --resume refuses a data folder prepared again with other tokens, and a stopped or killed
-compare.py takes its training process with it. Each case asserts the exit code, a one-line message and that
-nothing the user had changed."""
+every loader, and so is a damaged newer checkpoint, --resume and eval.py refuse a data folder prepared again with
+other tokens, a run still saving is read from its newest checkpoint, and a stopped or killed compare.py takes its
+training process with it. Each case asserts the exit code, a one-line message and that nothing the user had
+changed."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_checkpoint import next_save
 from test_faults import args, finished, run_copy, run_main  # noqa: F401 (fixtures)
 from test_train import data_dir  # noqa: F401 (a fixture)
 
 import eval as eval_lib
+import sample
 import train
 from support import checkpoint
 from tools import bench, compare, export
@@ -39,10 +43,11 @@ def one_line(err: str) -> str:
 
 # ---------------------------------------------------------------------------- eval.py
 @pytest.mark.parametrize("flag, message", [
-    ("--max_tokens=-5", "must be positive"), ("--max_tokens=0", "must be positive"),
-    ("--num_pairs=0", "must be positive"), ("--batch_tokens=0", "must be positive"), ("--seq_len=1", "seq_len=1"),
-    ("--probe_test_fraction=1.5", "probe_test_fraction"), ("--probe_l2=-1", "probe_l2"),
-    ("--num_mc=0", "must be positive")])
+    ("--max_tokens=-5", "--max_tokens=-5 must be positive"), ("--max_tokens=0", "--max_tokens=0 must be positive"),
+    ("--max_tokens=1", "--max_tokens=1: at least 2 held-out tokens are needed"),
+    ("--num_pairs=0", "--num_pairs=0 must be positive"), ("--batch_tokens=0", "--batch_tokens=0 must be positive"),
+    ("--seq_len=1", "seq_len=1"), ("--probe_test_fraction=1.5", "probe_test_fraction"), ("--probe_l2=-1", "probe_l2"),
+    ("--num_mc=0", "--num_mc=0 must be positive")])
 def test_eval_refuses_bad_numbers_before_any_work(run_copy, tmp_path, capsys, flag, message):
     before = snapshot(run_copy)
     assert eval_lib.main([str(run_copy), f"--out={tmp_path / 'report'}", flag]) == 2
@@ -54,6 +59,7 @@ def test_eval_refuses_bad_numbers_before_any_work(run_copy, tmp_path, capsys, fl
 @pytest.mark.parametrize("flag, message", [
     ("--max_steps=-5", "must be positive"), ("--max_steps=0", "must be positive"),
     ("--global_batch_tokens=0", "must be positive"), ("--eval_max_tokens=-1", "must be positive"),
+    ("--eval_max_tokens=1", "--eval_max_tokens=1: at least 2"),
     ("--seeds=0", "--seeds must be >= 1"), ("--variants=ntp,jtp", "unknown variant"),
     ("--lr=-1", "lr=-1.0 must be > 0"), ("--seed=3", "set by compare.py"), ("--nitp_weight=nan", "finite")])
 def test_compare_refuses_bad_flags_before_training(tmp_path, capsys, flag, message):
@@ -144,8 +150,9 @@ def test_an_edited_meta_json_is_corrupted_for_every_loader(run_copy, data_dir, t
 
 
 # ---------------------------------------------------------------------------- data prepared again
-def test_resume_refuses_a_data_folder_prepared_again_with_other_tokens(tmp_path, capsys):
-    """Same path, same tokenizer, same shard index: only what the shards hold differs, and --resume refuses."""
+def test_resume_and_eval_refuse_a_data_folder_prepared_again_with_other_tokens(tmp_path, capsys):
+    """Same path, same tokenizer, same shard index: only what the shards hold differs, and --resume and eval.py (its
+    val split may now hold what the run trained on) refuse; sample.py, which reads only the vocabulary, samples."""
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -159,6 +166,11 @@ def test_resume_refuses_a_data_folder_prepared_again_with_other_tokens(tmp_path,
     before = snapshot(out)
     code, err = run_main(capsys, args(out, data, "--eval_batches=0", "--resume=true", steps=6))
     assert code == 2 and "prepared again" in one_line(err) and snapshot(out) == before
+    assert eval_lib.main([str(out), f"--out={tmp_path / 'report'}", "--probe=false", "--mc=false"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{data} was prepared again after training: its shards hold other tokens" in line
+    assert "--data_dir=" in line and not (tmp_path / "report").exists() and snapshot(out) == before
+    assert sample.main([str(out), "--device=cpu", "--num_samples=1", "--max_new_tokens=2"]) == 0
 
 
 # ---------------------------------------------------------------------------- bench.py
@@ -183,12 +195,16 @@ def test_the_lock_of_a_finished_run_does_not_block_the_next(run_copy, data_dir, 
 
 # ---------------------------------------------------------------------------- found by trying the commands
 @pytest.mark.parametrize("flags, message", [(["--variants="], "--variants is empty"),
-                                            (["--out_dir=FILE"], "is a file, not a folder")])
-def test_compare_refuses_an_empty_variant_list_and_a_file_as_out_dir(tmp_path, capsys, flags, message):
+                                            (["--out_dir=FILE"], "is a file, not a folder"),
+                                            (["--out_dir="], "--out_dir is empty; give the folder")])
+def test_compare_refuses_an_empty_variant_list_and_a_file_as_out_dir(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)  # an empty --out_dir is the current folder
+    monkeypatch.setattr(compare, "run_training", lambda *a: pytest.fail("trained instead of refusing"))
     (tmp_path / "FILE").write_text("mine")
     flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
     assert compare.main(["--preset=tiny-dense", "--seq_len=32", f"--out_dir={tmp_path / 'cmp'}", *flags]) == 2
     assert message in one_line(capsys.readouterr().err) and (tmp_path / "FILE").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["FILE"]
 
 
 def test_a_damaged_step_folder_is_never_deleted_by_a_fresh_run(run_copy, data_dir, capsys):
@@ -266,3 +282,72 @@ def test_data_py_refuses_a_bad_flag_in_one_line_naming_itself(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "out").exists()
     assert one_line(done.stderr) == ("data.py: error: argument --workers: invalid int value: 'two'; see data.py "
                                      "--help")
+
+
+# ---------------------------------------------------------------------------- found by a user's probe of the loaders
+def test_a_damaged_newer_checkpoint_is_refused_by_every_loader(run_copy, tmp_path, capsys):
+    """A step_N folder without meta.json, newer than the newest checkpoint (damage: saves use .tmp names), is refused
+    by eval.py, export.py and sample.py as by train.py --resume, naming it: none reads the older weights instead."""
+    ckpt = checkpoint.latest(run_copy)
+    damaged = checkpoint.step_dir(run_copy, 99)
+    damaged.mkdir()
+    for name in (".metadata", "__0_0.distcp"):
+        shutil.copy(ckpt / name, damaged / name)
+    before = snapshot(run_copy)
+    refusal = f"{damaged} has no meta.json: a damaged checkpoint"
+    assert eval_lib.main([str(run_copy), f"--out={tmp_path / 'report'}", "--probe=false", "--mc=false"]) == 2
+    assert refusal in one_line(capsys.readouterr().err)
+    assert export.main([str(run_copy), f"--out={tmp_path / 'hf'}"]) == 2
+    assert refusal in one_line(capsys.readouterr().err)
+    assert sample.main([str(run_copy), "--device=cpu", "--num_samples=1", "--max_new_tokens=2"]) == 2
+    out, err = capsys.readouterr()
+    assert refusal in one_line(err) and out == ""
+    assert snapshot(run_copy) == before and not (tmp_path / "report").exists() and not (tmp_path / "hf").exists()
+
+
+def test_eval_on_a_run_that_saves_faster_than_it_reads_says_so_in_one_line(run_copy, tmp_path, capsys, monkeypatch):
+    """Each checkpoint eval.py picks is replaced by the run's next save while it is read (checkpoint.load_newest
+    reads the newest again: tests/test_checkpoint.py); after RELOADS of them, one line saying to retry."""
+    real, saves = checkpoint.verify, []
+    monkeypatch.setattr(checkpoint, "verify", lambda ckpt, meta: (saves.append(next_save(ckpt)), real(ckpt, meta)))
+    assert eval_lib.main([str(run_copy), f"--out={tmp_path / 'report'}", "--probe=false", "--mc=false"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"the run in {run_copy} is writing checkpoints faster than they can be read" in line and "retry" in line
+    assert len(saves) == checkpoint.RELOADS and not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["one run twice", "two runs of one name"])
+def test_eval_refuses_two_runs_it_would_report_under_one_name(run_copy, tmp_path, capsys, same):
+    """One's NAME/metrics.json would replace the other's, their report rows indistinguishable: refused before work."""
+    if same:
+        runs, name = [run_copy, run_copy], "run"
+    else:
+        runs, name = [tmp_path / "g1" / "s" / "x", tmp_path / "g2" / "s" / "x"], "s-x"
+        for run in runs:
+            shutil.copytree(run_copy, run)
+    out = tmp_path / "report"
+    assert eval_lib.main([*map(str, runs), f"--out={out}", "--max_tokens=64", "--probe=false", "--mc=false"]) == 2
+    assert f"{runs[0]} and {runs[1]} would both be reported as '{name}'" in one_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_export_refuses_an_out_below_a_file_in_one_line(run_copy, tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    assert export.main([str(run_copy), f"--out={tmp_path / 'afile' / 'sub'}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'afile'} is a file, not a folder; pass a folder for the export" in line
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["report.md", "summary.md"])
+def test_compare_refuses_a_report_folder_holding_the_users_files_before_training(tmp_path, capsys, monkeypatch, name):
+    """eval.py's report.md, or compare.py's summary, would replace a file of the user's in OUT_DIR/report: refused
+    before the first run trains, not after all of them did."""
+    monkeypatch.setattr(compare, "run_training", lambda *a: pytest.fail("trained before refusing"))
+    out = tmp_path / "cmp"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / name).write_text("# my notes\n")
+    assert compare.main([f"--out_dir={out}", "--preset=tiny-dense", "--seq_len=32"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"--out_dir={out}: {out / 'report'} holds {name}, which eval.py did not write" in line
+    assert os.listdir(out) == ["report"] and (out / "report" / name).read_text() == "# my notes\n"

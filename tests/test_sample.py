@@ -1,5 +1,6 @@
 """Tests for sample.py: samples and separators, seeds, temperature and top_k, the padded vocabulary, the context
-cropped to block_size, MoE and compacted-vocabulary runs, and every bad input as one stderr line with exit code 2.
+cropped to block_size, MoE and compacted-vocabulary runs, a run still saving read from its newest checkpoint, and
+every bad input (a damaged newer checkpoint and a seed out of range too) as one stderr line with exit code 2.
 
 Tiny runs trained here on CPU (train.train) on test_train's synthetic data (GPT-2 ids 10..73 counting upwards,
 EOT 50256); one of them on the same data compacted (compact.compact), to exercise the map.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint import next_save
 from test_checkpoint_safety import craft_metadata
 from test_train import data_dir, tiny_config  # noqa: F401 (data_dir is a fixture)
 
@@ -192,6 +194,14 @@ def empty_prompt(run, tmp):
     return [run, f"--start=FILE:{tmp / 'empty.txt'}"]
 
 
+def damaged_newer(run, tmp):
+    """step_N without meta.json beside the complete checkpoint, newer: damage, refused as --resume refuses it."""
+    damaged = checkpoint.step_dir(run, 999)
+    shutil.copytree(checkpoint.latest(run), damaged)
+    (damaged / checkpoint.META).unlink()
+    return [run]
+
+
 BAD = {  # name: (the arguments, given a copy of the dense run and a tmp folder; words its one line must hold)
     "missing run folder": (lambda run, tmp: [tmp / "nowhere"], "no run folder"),
     "no checkpoint": (lambda run, tmp: [tmp], "no complete checkpoint in {tmp}/checkpoints; train one with "
@@ -210,6 +220,11 @@ BAD = {  # name: (the arguments, given a copy of the dense run and a tmp folder;
     "two run folders": (lambda run, tmp: [run, run], "expected one run folder, got 2"),
     "missing prompt file": (lambda run, tmp: [run, f"--start=FILE:{tmp / 'none.txt'}"], "no prompt file"),
     "empty prompt file": (empty_prompt, "is empty"),
+    "damaged newer checkpoint": (damaged_newer, "{tmp}/run/checkpoints/step_0000999 has no meta.json: a damaged "
+                                                "checkpoint (saves write under a .tmp name)"),
+    "seed beyond 2**64 - 1": (lambda run, tmp: [run, "--seed=99999999999999999999"],
+                              "--seed=99999999999999999999 must be in [0, 18446744073709551615]"),
+    "negative seed": (lambda run, tmp: [run, "--seed=-1"], "--seed=-1 must be in [0, 18446744073709551615]"),
 }
 
 
@@ -217,10 +232,34 @@ BAD = {  # name: (the arguments, given a copy of the dense run and a tmp folder;
 def test_bad_input_is_one_line_on_stderr_and_exit_2(runs, tmp_path, capsys, case):
     make, words = BAD[case]
     run = Path(shutil.copytree(runs["dense"], tmp_path / "run"))
-    code, out, err = cli(capsys, *make(run, tmp_path))
+    argv = make(run, tmp_path)
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    code, out, err = cli(capsys, *argv)
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("sample.py: error: ") and words.format(tmp=tmp_path) in err, err
     assert not (tmp_path / "MARKER").exists()
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
+def test_a_run_still_saving_is_sampled_from_its_newest_checkpoint(runs, tmp_path, capsys, monkeypatch):
+    """The checkpoint picked is replaced by the run's next save while it is read: the newest is read instead (the
+    same weights here, so the same text); a run that does so every time gets one line saying to retry."""
+    run = Path(shutil.copytree(runs["dense"], tmp_path / "run"))
+    argv = [run, f"--start={PROMPT}", "--num_samples=1", "--max_new_tokens=4", "--seed=3"]
+    expected = cli(capsys, *argv)
+    real, saves = checkpoint.verify, []
+
+    def verify_while_saving(ckpt, meta, times=1):
+        if len(saves) < times:
+            saves.append(next_save(ckpt))
+        return real(ckpt, meta)
+
+    monkeypatch.setattr(checkpoint, "verify", verify_while_saving)
+    assert cli(capsys, *argv) == expected and expected[0] == 0 and len(saves) == 1
+    monkeypatch.setattr(checkpoint, "verify", lambda ckpt, meta: verify_while_saving(ckpt, meta, times=100))
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"the run in {run} is writing checkpoints faster than they can be read" in err and "retry" in err
 
 
 def test_a_prompt_a_compacted_vocabulary_cannot_encode_is_named(runs, capsys):

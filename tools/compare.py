@@ -9,10 +9,11 @@
 For each seed and variant it runs `train.py` in a subprocess (OUT_DIR/seedS/VARIANT; a finished run is
 skipped when the command is repeated, an interrupted one resumes from its checkpoint), then evaluates
 all runs with eval.make_report on the same held-out tokens (OUT_DIR/report: figures, report.md,
-metrics.json) and writes OUT_DIR/report/summary.md + summary.json: each metric per variant as mean ± std
-over seeds, and, against the first variant (or each variant --against names), whether the difference
-exceeds the seed spread, and each variant's training step time against the first variant's (from the runs'
-logs) beside its FLOPs floor, and at which eval steps during training the curves part beyond the seed spread.
+metrics.json; files of the user's there are refused before any training) and writes OUT_DIR/report/summary.md
++ summary.json: each metric per variant as mean ± std over seeds, and, against the first variant (or each
+variant --against names), whether the difference exceeds the seed spread, and each variant's training step
+time against the first variant's (from the runs' logs) beside its FLOPs floor, and at which eval steps during
+training the curves part beyond the seed spread.
 Its figures: variants.png (every seed's final value beside the references' bands), curves.png (the metrics
 logged during training, mean ± std over seeds per variant).
 A variant is a name from VARIANTS: one row of the paper's ablation table, or a peer objective, as train.py flags.
@@ -57,6 +58,7 @@ VARIANTS = {
 }
 TOKENS_PER_S, FLOPS_OVERHEAD = "train_tokens_per_s", "flops_overhead"  # training_speed's keys
 VARIANTS_PNG, CURVES_PNG = "variants.png", "curves.png"  # write_summary's figures, linked from summary.md
+SUMMARY_FILES = ("summary.md", "summary.json", VARIANTS_PNG, CURVES_PNG)  # what write_summary adds to the report
 # (metric key in eval.evaluate_run's or training_speed's result, label, format, what the paper reports for NITP vs NTP)
 METRICS = [(metrics.VAL_LOSS, "val loss", ".4f", "about unchanged"),
            (metrics.EFFECTIVE_RANK, "eff. rank, last hidden state", ".1f", "higher"),
@@ -99,6 +101,9 @@ def parse_args(argv=None) -> CompareConfig:
     cfg = CompareConfig(**values, train_args=tuple(train_args))
     if not variant_names(cfg):
         raise ValueError("--variants is empty; give one or more of them, e.g. --variants=ntp,nitp")
+    if not cfg.out_dir.strip():  # Path("") is the current folder: its runs and report would land there
+        raise ValueError("--out_dir is empty; give the folder for the runs and their report, e.g. "
+                         "--out_dir=runs/compare")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
         raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder; pass a folder path")
     unknown = [v for v in variant_names(cfg) if v not in VARIANTS]
@@ -109,10 +114,27 @@ def parse_args(argv=None) -> CompareConfig:
         raise ValueError(f"--against names {', '.join(missing)}, which --variants does not run; add it there")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
-    eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens)  # its checks, and every run's train.py flags', before any run
+    try:  # its checks, and every run's train.py flags', before any run
+        eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens)
+    except ValueError as err:  # it names its own field: --max_tokens is --eval_max_tokens here
+        raise ValueError(str(err).replace("--max_tokens=", "--eval_max_tokens=")) from None
     for variant in variant_names(cfg):
         config.resolve_config(config.parse_config(train_flags(cfg, variant, cfg.base_seed, Path(cfg.out_dir))))
+    # the report folder takes eval.py's report and this summary: a file of the user's there is refused now, not after
+    # hours of training
+    report.check_out_dir(report_dir(cfg), eval_lib.run_names([d for _, _, d in jobs(cfg)]), SUMMARY_FILES,
+                         where=f"--out_dir={cfg.out_dir}: {report_dir(cfg)}")
     return cfg
+
+
+def jobs(cfg: CompareConfig) -> list[tuple[int, str, Path]]:
+    """(seed, variant, run folder) of every run, in training order."""
+    return [(seed, v, Path(cfg.out_dir) / f"seed{seed}" / v) for seed in range(cfg.base_seed, cfg.base_seed + cfg.seeds)
+            for v in variant_names(cfg)]
+
+
+def report_dir(cfg: CompareConfig) -> Path:
+    return Path(cfg.out_dir) / "report"
 
 
 def variant_names(cfg: CompareConfig) -> list[str]:
@@ -325,9 +347,9 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
     lines += ["", f"![every metric by variant: one dot per seed, mean ± std, the references' bands]({VARIANTS_PNG})",
               "", f"Wall time of the whole command: {wall_s / 60:.1f} min. Per-run details, figures and how each "
               "metric is measured: [report.md](report.md)."]
-    path = out_dir / "summary.md"
+    path = out_dir / SUMMARY_FILES[0]
     files.write_text_atomically(path, "\n".join(lines) + "\n")
-    files.write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
+    files.write_text_atomically(out_dir / SUMMARY_FILES[1], json.dumps(summary, indent=1))
     report.plot_variants(summary, out_dir / VARIANTS_PNG, [key for key, *_ in METRICS if key != TOKENS_PER_S])
     report.plot_curves(summary, out_dir / CURVES_PNG, labels)
     return path
@@ -336,17 +358,14 @@ def write_summary(summary: dict, out_dir: Path, wall_s: float) -> Path:
 def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)
-        names = variant_names(cfg)
     except ValueError as err:
         print(f"compare.py: error: {err}", file=sys.stderr)
         return 2
-    t0, out_dir = time.perf_counter(), Path(cfg.out_dir)
-    jobs = [(seed, v) for seed in range(cfg.base_seed, cfg.base_seed + cfg.seeds) for v in names]
+    t0, runs = time.perf_counter(), jobs(cfg)
     run_dirs, seconds = [], []
-    for i, (seed, variant) in enumerate(jobs):
-        run_dir = out_dir / f"seed{seed}" / variant
-        eta = "" if not seconds else f", eta {statistics.fmean(seconds) * (len(jobs) - i) / 60:.0f} min"
-        label = f"{i + 1}/{len(jobs)} seed {seed} {variant}{eta}"
+    for i, (seed, variant, run_dir) in enumerate(runs):
+        eta = "" if not seconds else f", eta {statistics.fmean(seconds) * (len(runs) - i) / 60:.0f} min"
+        label = f"{i + 1}/{len(runs)} seed {seed} {variant}{eta}"
         try:
             s = run_training(train_flags(cfg, variant, seed, run_dir), run_dir, label)
         except (RuntimeError, ValueError) as err:
@@ -355,13 +374,13 @@ def main(argv=None) -> int:
         seconds += [s] if s > 0 else []
         run_dirs.append(run_dir)
     print(f"[eval] evaluating {len(run_dirs)} runs on the same held-out tokens ...", flush=True)
-    report_dir = out_dir / "report"
-    results = eval_lib.make_report(run_dirs, report_dir, eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens))
-    for r, (seed, variant), run_dir in zip(results, jobs, run_dirs):
+    out = report_dir(cfg)
+    results = eval_lib.make_report(run_dirs, out, eval_lib.EvalConfig(max_tokens=cfg.eval_max_tokens))
+    for r, (seed, variant, run_dir) in zip(results, runs):
         r.update(training_speed(run_dir), variant=variant, seed=seed)
     summary = aggregate(results, cfg)
-    path = write_summary(summary, report_dir, time.perf_counter() - t0)
-    print(path.read_text(), f"wrote {report_dir / 'report.md'} and {path}", sep="\n", flush=True)
+    path = write_summary(summary, out, time.perf_counter() - t0)
+    print(path.read_text(), f"wrote {out / 'report.md'} and {path}", sep="\n", flush=True)
     return 0
 
 

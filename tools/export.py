@@ -26,7 +26,9 @@ marked by nitp_export.json) or an empty folder, never a folder with anything els
 holds or lies inside the run being read; the new export is written beside it and swapped in only once complete.
 MoE runs are refused: neither format has experts, and DeepSeek-V2's, the one with our MoE layout, uses
 multi-head latent attention, which this model does not have, so no format represents them exactly.
-Imports model, data and torch (safetensors if installed). Nothing runs at import.
+A run is read as eval.py reads it (checkpoint.load_newest: a damaged newer checkpoint is refused, one deleted by a
+run still saving is retried). Imports model, data, torch (safetensors if installed) and support/ (report.py for the
+wording of an --out under a file). Nothing runs at import.
 """
 
 import argparse
@@ -42,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as tools/NAME.py: the core is one level up
 import data
 import model as model_lib
-from support import checkpoint, cli, files
+from support import checkpoint, cli, files, report
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> transformers class
@@ -209,6 +211,7 @@ def check_out(run, out: str, force: bool) -> bool:
     """Whether `out` exists and may be replaced (an empty folder; with --force an earlier export too); False when
     it does not exist yet. FileExistsError, before anything is written, for everything else, and for an --out
     that is, holds or lies inside the run (its checkpoints and log are never replaced, nor mixed with an export)."""
+    report.check_folder_path(out, "the export")  # out, or a folder above it, is a file: eval.py's words
     real = Path(out).resolve()
     for folder in run_folders(run):
         if _inside(real, folder) or _inside(folder, real):
@@ -243,7 +246,7 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
         raise ValueError(f"unknown arch {arch!r}; pick one of {', '.join(ARCHS)}")
     out = os.path.abspath(out)
     check_out(run, out, force)
-    model, meta = checkpoint.load_model(os.fspath(run))
+    model, meta, ckpt_dir = checkpoint.load_newest(os.fspath(run))  # the one read, even if a save replaced it since
     if meta.get("tokenizer", "gpt2") != "gpt2":  # the folder would carry GPT-2's files for another tokenizer's ids
         raise ValueError(f"{run} was trained on {meta['tokenizer']!r} tokens, but export.py writes GPT-2's tokenizer "
                          "files with the weights, so it exports only runs trained on GPT-2 tokens")
@@ -253,7 +256,7 @@ def export(run, out, dtype: str = "float32", force: bool = False, arch: str = "l
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
     try:
-        source = {"written_by": "tools/export.py", "checkpoint": files.repo_relative(checkpoint.latest(run)),
+        source = {"written_by": "tools/export.py", "checkpoint": files.repo_relative(ckpt_dir),
                   "step": meta.get("step"), "arch": arch, "dtype": dtype}
         written = {"config.json": json.dumps(hf_config(model.config, arch, dtype), indent=2).encode(),
                    "generation_config.json": json.dumps({"bos_token_id": data.EOT, "eos_token_id": data.EOT}).encode(),
@@ -293,7 +296,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"export.py: error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {checkpoint.latest(args.run)} -> {out} (transformers {ARCHS[args.arch]}, {args.dtype})")
+    source = json.loads(Path(out, MARKER).read_text())["checkpoint"]
+    print(f"exported {source} -> {out} (transformers {ARCHS[args.arch]}, {args.dtype})")
     if args.arch == "qwen2":
         print("note: transformers >= 5 loads Qwen2's tokenizer for this folder; pass GPT-2's explicitly "
               "(lm_eval: --model_args pretrained=HF_DIR,tokenizer=openai-community/gpt2)")
