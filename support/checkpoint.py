@@ -57,6 +57,8 @@ _STEP_DIR = re.compile(r"step_(\d+)$")
 FULL_DISK_BYTES = 64 * 2**20    # a save that failed with less free than this on its disk failed for want of room
 DCP_METADATA = ".metadata"      # DCP's index of a checkpoint: a pickle
 NOT_OURS = "not a checkpoint this repository wrote"
+# what to do about a corrupted checkpoint: a run keeps only its newest one, so there is no older one to fall back to
+RESTORE = "restore it from a copy, or start a new run in another --out_dir (a run keeps only its newest checkpoint)"
 FOREIGN_OBJECTS = "it holds Python objects a checkpoint written by train.py never contains"
 RELOADS = 3                     # tries at reading a run that is saving: each save deletes the checkpoint before it
 
@@ -112,16 +114,14 @@ def read_meta(ckpt_dir) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is corrupted ({err}); this checkpoint cannot be used: remove {ckpt_dir} to fall "
-                         "back to an older one, or start a new run") from None
+        raise ValueError(f"{path} is corrupted ({err}); this checkpoint cannot be used: {RESTORE}") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path} is not a checkpoint's metadata (a JSON object); remove {ckpt_dir}")
     edited = META_DIGEST in meta and meta[META_DIGEST] != meta_digest(meta)  # older checkpoints have no digest
     step = _STEP_DIR.match(Path(ckpt_dir).name)
     if edited or (step and meta.get("step") != int(step.group(1))):
         raise ValueError(f"checkpoint {ckpt_dir} is corrupted: {META} was changed after it was written (its fields "
-                         "do not match its digest or its folder's step); it was not loaded. Restore it from a copy, "
-                         "or remove the checkpoint to fall back to an older one")
+                         f"do not match its digest or its folder's step); it was not loaded: {RESTORE}")
     return meta
 
 
@@ -154,8 +154,8 @@ def verify(ckpt_dir, meta: dict) -> None:
     if damaged:
         how = "missing" if damaged[0] in missing else "damaged (sha256 mismatch)"
         more = f" (and {len(damaged) - 1} more files)" if len(damaged) > 1 else ""
-        raise ValueError(f"checkpoint {ckpt_dir} is corrupted: {damaged[0]} is {how}{more}; it was not loaded. "
-                         "Restore the file from a copy, or remove the checkpoint to fall back to an older one")
+        raise ValueError(f"checkpoint {ckpt_dir} is corrupted: {damaged[0]} is {how}{more}; it was not loaded: "
+                         f"{RESTORE}")
 
 
 def _distributed() -> bool:
