@@ -313,6 +313,8 @@ def check_fresh_out_dir(cfg, plan, mode, rt):
 
 def check_out_dir(out_dir, needed_bytes: int) -> None:
     """Before training: out_dir is (or can become) a writable folder with room for one more checkpoint."""
+    if not str(out_dir).strip():
+        raise ValueError("--out_dir is empty; give the run's folder, e.g. --out_dir=runs/mine")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out_dir={out_dir} is a file, not a folder; pass a folder path")
     try:
@@ -354,7 +356,8 @@ def check_resumable(meta, cfg, mcfg, data_dir: str, data_meta: dict | None = Non
     diffs += [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in ours
               if k not in RESUME_MAY_CHANGE + ("model_overrides", "data_dir") and theirs.get(k) != ours[k]]
     data_meta = data_meta or data.load_meta(files.from_repo(data_dir))
-    if meta.get("data_dir") != data_dir:
+    if meta.get("data_dir") != data_dir and not data.same_folder(files.from_repo(meta.get("data_dir") or ""),
+                                                                files.from_repo(data_dir)):
         diffs.append(f"data_dir: checkpoint {meta.get('data_dir')!r}, this run {data_dir!r}")
     elif problem := data.prepared_again(meta, files.from_repo(data_dir), data_meta):
         diffs.append(f"data_dir: {problem} (prepare it as it was, from the same text)")

@@ -166,39 +166,41 @@ def prepare(input=None, out_dir=None, val_fraction=0.05, tokenizer="gpt2", worke
                 "task_bytes": corpus.TASK_BYTES, "max_documents": max_documents,
                 "source": {k: v for k, v in source.items() if k != "inputs"} if isinstance(source, dict) else source,
                 **({compact.KEY: True} if compact_vocab else {})}  # without it the settings are as they always were
-    if shards.recover(out_dir, settings, inputs):  # killed while moving its finished files in: nothing left to do
-        print(f"data.py: {out_dir}: the interrupted preparation had finished; its files are in place", flush=True)
+    with shards.preparing(out_dir):  # one data.py per folder at a time
+        if shards.recover(out_dir, settings, inputs):  # killed while moving its finished files in: nothing left to do
+            print(f"data.py: {out_dir}: the interrupted preparation had finished; its files are in place", flush=True)
+            return str(out_dir)
+        writer = shards.Writer(out_dir, settings, inputs, tok.dtype, shard_tokens,
+                               lambda index: is_val_document(index, val_fraction))
+        tasks = iter(tasks)
+        try:
+            done_bytes = sum(t.size for _, t in zip(range(writer.next_task), tasks))  # a resume skips finished tasks
+            if writer.resumed:
+                print(f"data.py: {out_dir}: resuming an interrupted preparation at document {writer.next_index:,}",
+                      flush=True)
+            tokens, last_print = 0, time.perf_counter()
+            for result in corpus.run_tasks(tasks, tok, eot, text_key, workers or corpus.default_workers(), stats):
+                writer.add(result, max_documents)
+                tokens, done_bytes = tokens + int(result.lengths.sum()), done_bytes + result.size
+                if progress_every is not None and time.perf_counter() - last_print >= progress_every:
+                    print(_progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer), flush=True)
+                    last_print = time.perf_counter()
+                if max_documents is not None and writer.documents >= max_documents:
+                    break
+            meta = writer.finish({**tok_meta, "format_version": DATA_FORMAT_VERSION, "shard_tokens": shard_tokens,
+                                  "source": source}, _corpus_name(input, hf_dataset),
+                                 compact.transform(writer.work) if compact_vocab else None)
+        except (ValueError, ModuleNotFoundError):  # the input or the flags must change first: nothing worth resuming
+            writer.discard()  # out_dir stays as it was; a kill, an OSError or a dead worker keep the work to resume
+            raise
+        stats.update(wall_s=time.perf_counter() - start, tokens=meta["train_tokens"] + meta["val_tokens"])
+        print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']:,} documents), "
+              f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']:,} documents), "
+              f"{sum(map(len, meta['shards'].values()))} shards, {meta['dtype']}, in {stats['wall_s']:.1f} s",
+              flush=True)
+        if compact_vocab:
+            print(f"data.py: {out_dir}: {compact.summary(meta)}", flush=True)
         return str(out_dir)
-    writer = shards.Writer(out_dir, settings, inputs, tok.dtype, shard_tokens,
-                           lambda index: is_val_document(index, val_fraction))
-    tasks = iter(tasks)
-    try:
-        done_bytes = sum(t.size for _, t in zip(range(writer.next_task), tasks))  # a resume skips finished tasks
-        if writer.resumed:
-            print(f"data.py: {out_dir}: resuming an interrupted preparation at document {writer.next_index:,}",
-                  flush=True)
-        tokens, last_print = 0, time.perf_counter()
-        for result in corpus.run_tasks(tasks, tok, eot, text_key, workers or corpus.default_workers(), stats):
-            writer.add(result, max_documents)
-            tokens, done_bytes = tokens + int(result.lengths.sum()), done_bytes + result.size
-            if progress_every is not None and time.perf_counter() - last_print >= progress_every:
-                print(_progress_line(out_dir, tokens, done_bytes, total_bytes, start, writer), flush=True)
-                last_print = time.perf_counter()
-            if max_documents is not None and writer.documents >= max_documents:
-                break
-        meta = writer.finish({**tok_meta, "format_version": DATA_FORMAT_VERSION, "shard_tokens": shard_tokens,
-                              "source": source}, _corpus_name(input, hf_dataset),
-                             compact.transform(writer.work) if compact_vocab else None)
-    except (ValueError, ModuleNotFoundError):  # the input or the flags must change first: nothing worth resuming
-        writer.discard()  # out_dir stays as it was; a kill, an OSError or a dead worker keep the work to resume
-        raise
-    stats.update(wall_s=time.perf_counter() - start, tokens=meta["train_tokens"] + meta["val_tokens"])
-    print(f"data.py: {out_dir}: {meta['train_tokens']:,} train tokens ({meta['num_train_documents']:,} documents), "
-          f"{meta['val_tokens']:,} val tokens ({meta['num_val_documents']:,} documents), "
-          f"{sum(map(len, meta['shards'].values()))} shards, {meta['dtype']}, in {stats['wall_s']:.1f} s", flush=True)
-    if compact_vocab:
-        print(f"data.py: {out_dir}: {compact.summary(meta)}", flush=True)
-    return str(out_dir)
 
 
 def _is_prepared(data_dir) -> bool:
@@ -307,7 +309,8 @@ def text_tokenizer(meta: dict):
     return compact.text_tokenizer(meta)
 
 
-def _same_folder(a, b) -> bool:
+def same_folder(a, b) -> bool:
+    """Whether two paths name one folder (through a symlink, from another working folder); False if one is missing."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist
@@ -320,7 +323,7 @@ def prepared_again(trained: dict, data_dir, data_meta: dict, tokens: bool = True
     `tokens`, other tokens (fingerprint), so its val split may hold training documents; None when it still holds
     them, or is another folder (held-out data of the user's choice: check_vocab checks its vocabulary)."""
     named = trained.get("data_dir")  # as train.py stores it: relative to the repository
-    if not named or not _same_folder(files.from_repo(named), data_dir):
+    if not named or not same_folder(files.from_repo(named), data_dir):
         return None
     if named.startswith(".."):  # outside the repository: its real path reads better than ../../
         named = str(Path(files.from_repo(named)).resolve())

@@ -478,6 +478,9 @@ def main(argv=None) -> int:
     run, a bad option or task file, an --out that is a file, unwritable or holds files eval.py did not write)."""
     args = vars(_parser().parse_args(argv))
     run_dirs, out_dir = args.pop("run_dirs"), args.pop("out")
+    if not out_dir.strip():  # "" would be the current folder
+        print("eval.py: error: --out is empty; give the report's folder, e.g. --out=reports/x", file=sys.stderr)
+        return 2
     try:
         results = make_report(run_dirs, out_dir, EvalConfig(**args))
     except (ValueError, FileNotFoundError, OSError) as err:

@@ -91,8 +91,8 @@ def load_run(run_dir, device):
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"no run folder {run_dir}; give the --out_dir of a train.py run")
     if checkpoint.latest(run_dir) is None:  # ValueError for a damaged newer one: never an older one silently
-        raise FileNotFoundError(f"no complete checkpoint in {Path(run_dir) / checkpoint.CHECKPOINTS}; train one with "
-                                f"`python train.py --out_dir={run_dir}`")
+        raise FileNotFoundError(f"no complete checkpoint in {Path(run_dir) / checkpoint.CHECKPOINTS}: {run_dir} is not "
+                                "a train.py run folder (or its run has not saved yet); pass the --out_dir of a run")
     model, meta = checkpoint.load_model(run_dir, map_location=device)  # the newest, also of a run still saving
     return model.eval(), meta
 

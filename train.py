@@ -38,20 +38,16 @@ def main(argv=None):
     while training (a non-finite loss, a full disk), one line; 128 + N: signal N stopped it (checkpoint saved)."""
     try:
         result = train(config.parse_config(argv, __doc__))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, NonFiniteLoss) else 2
     except (MemoryError, torch.OutOfMemoryError):
-        print("train.py: error: out of memory (the memory plan printed above shows what a rank holds); lower "
-              "--batch_size (accumulation keeps --global_batch_tokens), pass --activation_checkpointing=true, or "
-              "use more devices", file=sys.stderr)
+        print("train.py: error: out of memory (the memory plan above shows a rank's share); lower --batch_size "
+              "(accumulation keeps the global batch) or pass --activation_checkpointing=true", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the loop's own handler is installed (setup), or after it (shutdown)
-        print("train.py: interrupted while starting or stopping; nothing of this call is half-written (checkpoints "
-              "are renamed into place)", file=sys.stderr)
+        print("train.py: interrupted before training started or after it ended; no checkpoint is half-written",
+              file=sys.stderr)
         return 130
     except OSError as err:  # a full disk, a folder that went away: the cause, not a chained traceback
         where = f" ({err.filename})" if err.filename else ""
@@ -104,6 +100,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     rt = runtime.start(cfg.device, cfg.cpu_malloc_tuning)
     fused_before = fused.set_enabled(cfg.fused_kernels)  # model.py's speed switch: its plain formulas when off
     run = lock = None
+    created = rt.master and not os.path.lexists(cfg.out_dir)  # removed again if the run is refused before it starts
     try:
         lock = config.lock_out_dir(cfg, rt)  # this run alone in out_dir until it ends
         cfg = config.batch_layout(cfg, mcfg, rt)  # the micro-batch per process, the loss head's chunking
@@ -145,6 +142,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         # group is still alive, so none of gloo's threads outlives it into interpreter shutdown (SIGABRT)
         for handle in filter(None, (run.log if run else None, lock)):  # the wandb run; the folder's lock
             handle.close()
+        if created and run is None:  # refused (bad input) before anything but the lock was written
+            runtime.remove_lock_folder(cfg.out_dir)
         del run
         gc.collect()
         runtime.stop(rt)

@@ -1,13 +1,15 @@
-"""files.py: writing a file so that a crash never leaves it torn (the one home of atomic writes), and the
-repository-relative paths that checkpoints, logs and reports store.
+"""files.py: writing a file so that a crash never leaves it torn (the one home of atomic writes), the
+repository-relative paths that checkpoints, logs and reports store, and the OS lock that keeps one writer per folder.
 
 Checkpoints' meta.json, log.jsonl rewritten on resume, reports, compare.py's records and the token shards'
 meta.json and resume state all go through `write_text_atomically`. Standard library only, so that data
 preparation (shards.py, run in worker processes) does not import torch. Nothing runs at import.
 """
 
+import fcntl
 import json
 import os
+import socket
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above support/
 
@@ -76,3 +78,22 @@ def read_log_until(path, step):
 def format_duration(seconds):
     minutes = int(seconds // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def take_lock(path, in_use: str):
+    """An exclusive OS lock (flock) on the file `path`, held while the returned file stays open and released by the
+    kernel when the process dies (a killed writer never leaves a stale lock). Held by someone else: ValueError
+    `in_use` with "{holder}" replaced by the process that holds it, at once."""
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(in_use.replace("{holder}", holder)) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle

@@ -302,7 +302,8 @@ class NITPConfig:
         _check_attach(self.attach)
         for ok, message in [(self.loss_type in LOSS_TYPES, f"loss_type={self.loss_type!r}; use one of {LOSS_TYPES}"),
                             (self.projector in HEAD_KINDS, f"projector={self.projector!r}; use one of {HEAD_KINDS}"),
-                            (math.isfinite(self.nitp_weight) and self.nitp_weight >= 0,
+                            (isinstance(self.nitp_weight, int | float) and math.isfinite(self.nitp_weight)
+                             and self.nitp_weight >= 0,
                              f"nitp_weight={self.nitp_weight} must be a finite number >= 0")]:
             if not ok:
                 raise ValueError(message)

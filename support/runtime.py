@@ -15,10 +15,8 @@ Imports only torch and the standard library. Nothing runs at import.
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import os
 import signal
-import socket
 import sys
 import threading
 import types
@@ -28,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+
+from support import files
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
@@ -278,35 +278,26 @@ def lock_folder(folder):
     """An exclusive OS lock (flock) on folder/.run.lock, held while the returned file stays open: a second run
     into the same folder is refused at once, naming the process that holds it, and touches nothing. The kernel
     releases the lock when the process dies, so a killed run never leaves a stale one."""
-    handle = open(os.path.join(folder, LOCK_FILE), "a+")
-    _take_lock(handle, folder)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return handle
+    return files.take_lock(os.path.join(folder, LOCK_FILE), _in_use(folder))
+
+
+def remove_lock_folder(folder) -> None:
+    """Remove `folder` if it holds nothing but a released lock file (what a run refused at startup leaves)."""
+    with contextlib.suppress(OSError):
+        if os.listdir(folder) == [LOCK_FILE]:
+            os.remove(os.path.join(folder, LOCK_FILE))
+            os.rmdir(folder)
 
 
 def check_lock_free(folder) -> None:
     """ValueError if a run holds `folder`'s lock; creates nothing (a folder or lock file that does not exist is
     held by no one). Lets a caller name a folder in use before it names anything else wrong with it."""
-    try:
-        handle = open(os.path.join(folder, LOCK_FILE))
-    except OSError:
-        return
-    with handle:
-        _take_lock(handle, folder)  # released on close
+    if os.path.isfile(os.path.join(folder, LOCK_FILE)):
+        files.take_lock(os.path.join(folder, LOCK_FILE), _in_use(folder)).close()  # released on close
 
 
-def _take_lock(handle, folder) -> None:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ValueError(f"--out_dir={folder} is in use by another run ({holder}); wait for it to end or pass "
-                         "another --out_dir") from None
+def _in_use(folder) -> str:
+    return f"--out_dir={folder} is in use by another run ({{holder}}); wait for it to end or pass another --out_dir"
 
 
 # ---------------------------------------------------------------------------- signals

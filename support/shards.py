@@ -395,6 +395,24 @@ def _make_work_dir(out_dir: Path, work: Path) -> None:
                          f"in a folder you can write") from None
 
 
+@contextlib.contextmanager
+def preparing(out_dir):
+    """One data.py per out_dir: an OS lock on OUT_DIR.lock (files.take_lock) while preparing, a second one refused
+    at once. Where no lock file can be made (a parent that is a file), the preparation's first write says why."""
+    path, handle = Path(f"{Path(out_dir)}.lock"), None
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = files.take_lock(path, f"{out_dir} is being prepared by another data.py ({{holder}}); wait for it "
+                                       "to finish, or give another --out_dir")
+    try:
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()  # before the release: whoever opens the path next locks a new file
+            handle.close()
+
+
 def recover(out_dir, settings=None, inputs=None) -> bool:
     """Finish the move of a preparation of out_dir that had succeeded when it was stopped (its work folder holds
     meta.json). True when one was moved in and its checkpoint shows these `settings` and `inputs`."""

@@ -449,3 +449,17 @@ def test_an_input_edited_in_place_after_a_kill_starts_over(tmp_path, monkeypatch
     assert "the input files changed since the interrupted preparation: starting over" in capsys.readouterr().out
     clean = data.prepare(input=str(src), out_dir=str(tmp_path / "clean"), **KW)
     assert snapshot(out) == snapshot(clean)
+
+
+def test_a_second_data_py_into_a_folder_being_prepared_is_refused_at_once(prepared, tmp_path):
+    """Two preparations of one folder would share its work folder: the second is refused in one line naming the
+    process, and the folder (an earlier preparation) stays as it was. The lock file goes when the first ends."""
+    out, before = prepared
+    src = write(tmp_path / "other.jsonl", jsonl(OTHER_DOCS))
+    with shards.preparing(out):  # a data.py preparing `out` right now
+        done = run_data(f"--input={src}", f"--out_dir={out}", "--workers=1")
+    assert_refused(done, f"{out} is being prepared by another data.py (process {os.getpid()} on ",
+                   "wait for it to finish, or give another --out_dir")
+    assert snapshot(out) == before and not Path(f"{out}.lock").exists()
+    data.prepare(input=str(src), out_dir=str(out), **KW)  # free again: prepares, and leaves no lock file
+    assert data.load_meta(out)["num_train_documents"] > 0 and not Path(f"{out}.lock").exists()

@@ -361,8 +361,7 @@ def test_a_config_folder_and_a_data_file_are_named_as_such(tmp_path, data_dir, c
     assert code == 2 and "dir.toml is a folder; give a .toml or .json file" in err and err.count("\n") == 1
     code, err = run_main(capsys, args(tmp_path / "b", REPO / "README.md"))
     assert code == 2 and "README.md is a file, not a data folder" in err and err.count("\n") == 1
-    assert not (tmp_path / "a").exists()
-    assert not {"log.jsonl", "checkpoints"} & {p.name for p in (tmp_path / "b").iterdir()}
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_a_log_that_is_not_text_is_named_on_resume_and_kept(run_copy, data_dir, capsys):  # noqa: F811
@@ -443,8 +442,8 @@ def test_resume_onto_a_full_disk_says_to_free_space_not_to_move(run_copy, data_d
 
 
 @pytest.mark.parametrize("fault, code, message", [
-    (KeyboardInterrupt, 130, "train.py: interrupted while starting or stopping"),
-    (MemoryError, 1, "train.py: error: out of memory (the memory plan printed above shows what a rank holds)"),
+    (KeyboardInterrupt, 130, "train.py: interrupted before training started or after it ended"),
+    (MemoryError, 1, "train.py: error: out of memory (the memory plan above shows a rank's share)"),
 ])
 def test_ctrl_c_or_no_memory_during_setup_is_one_line(tmp_path, data_dir, capsys, monkeypatch, fault, code,  # noqa
                                                       message):
@@ -466,3 +465,19 @@ def test_a_second_signal_stops_at_once_in_one_line():
     assert proc.returncode == 130 and "saving a checkpoint after this step" in proc.stdout
     assert proc.stderr.strip().splitlines() == ["signal 2 again: stopped at once, without saving; --resume=true "
                                                 "continues from the last complete checkpoint"]
+
+
+def test_a_run_refused_at_startup_leaves_no_folder_behind(tmp_path, data_dir, capsys):  # noqa: F811
+    """Bad input found after the folder's lock was taken (here: no data) removes the folder it created; an empty
+    --out_dir is named as such."""
+    code, err = run_main(capsys, args(tmp_path / "new", tmp_path / "no-data"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "new").exists()
+    code, err = run_main(capsys, [*args("", data_dir)])
+    assert code == 2 and "--out_dir is empty; give the run's folder" in err
+
+
+def test_resume_through_a_symlink_to_the_same_data_folder_is_accepted(run_copy, data_dir, tmp_path, capsys):  # noqa
+    (tmp_path / "link").symlink_to(data_dir)
+    code, err = run_main(capsys, args(run_copy, tmp_path / "link", "--resume=true", steps=7))
+    assert code == 0, err
+    assert checkpoint.read_meta(checkpoint.latest(run_copy))["step"] == 7

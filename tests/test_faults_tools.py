@@ -107,7 +107,7 @@ def test_sigint_to_compare_stops_its_run_with_a_checkpoint_and_the_rerun_resumes
     proc, flags, run_dir = _start_compare(out, steps=3000)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "stopped by signal 2" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "stopped by signal 2" in err and "Traceback" not in err  # as train.py exits
     assert _gone(str(run_dir))  # its train.py stopped too (it saved first)
     step = checkpoint.read_meta(checkpoint.latest(run_dir))["step"]
     assert 0 < step < 3000
@@ -351,3 +351,15 @@ def test_compare_refuses_a_report_folder_holding_the_users_files_before_training
     line = one_line(capsys.readouterr().err)
     assert f"--out_dir={out}: {out / 'report'} holds {name}, which eval.py did not write" in line
     assert os.listdir(out) == ["report"] and (out / "report" / name).read_text() == "# my notes\n"
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_an_empty_out_is_refused_not_the_current_folder(tmp_path, finished, capsys, monkeypatch, command):  # noqa: F811
+    """--out= would be the current folder: the report or the export would land among whatever is there."""
+    monkeypatch.chdir(tmp_path)
+    main = eval_lib.main if command == "eval" else export.main
+    assert main([str(finished), "--out="]) == 2
+    assert one_line(capsys.readouterr().err).endswith("--out is empty; give " + (
+        "the report's folder, e.g. --out=reports/x" if command == "eval" else "the folder for the export, e.g. "
+                                                                           "--out=hf/RUN"))
+    assert list(tmp_path.iterdir()) == []

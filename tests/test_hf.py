@@ -123,7 +123,7 @@ def test_unsupported_architecture_and_missing_hidden_states_are_clear_errors():
         hf.nitp_terms(llama, NITPHead(32), x, attention_mask=torch.ones(1, 4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("weight", [float("inf"), float("nan"), -1.0])
+@pytest.mark.parametrize("weight", [float("inf"), float("nan"), -1.0, "1"])
 def test_a_non_finite_or_negative_lambda_is_refused_at_construction(weight):
     """An infinite lambda trained a model to NaN weights with exit 0 (found by trying it); NaN was refused already."""
     with pytest.raises(ValueError, match=r"^nitp_weight=.* must be a finite number >= 0$"):

@@ -46,6 +46,7 @@ def test_a_cpu_run_profiles_the_step_and_both_layers(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--rounds=0"], "rounds, projector_hidden and layer_tokens must be positive"),
     (["--top=0"], "top=0 must be at least 1"),
+    (["--out=/no-such-folder/x/profile.txt"], "its folder /no-such-folder/x does not exist"),
     (["--preset=nope"], "unknown preset 'nope'"),
     (["--moe_preset=small"], "has no MoE block"),
     (["--stpes=3"], "unknown option '--stpes=3'"),

@@ -204,8 +204,8 @@ def damaged_newer(run, tmp):
 
 BAD = {  # name: (the arguments, given a copy of the dense run and a tmp folder; words its one line must hold)
     "missing run folder": (lambda run, tmp: [tmp / "nowhere"], "no run folder"),
-    "no checkpoint": (lambda run, tmp: [tmp], "no complete checkpoint in {tmp}/checkpoints; train one with "
-                                              "`python train.py --out_dir={tmp}`"),
+    "no checkpoint": (lambda run, tmp: [tmp], "no complete checkpoint in {tmp}/checkpoints: {tmp} is not a train.py "
+                                              "run folder (or its run has not saved yet); pass the --out_dir of a run"),
     "corrupted": (corrupt, "is corrupted"),
     "crafted": (lambda run, tmp: [run] if craft_metadata(run, tmp / "MARKER") else [], "refused to load"),
     "temperature 0": (lambda run, tmp: [run, "--temperature=0"], "--temperature=0.0 must be > 0"),

@@ -127,6 +127,14 @@ def parse_args(argv=None) -> CompareConfig:
     return cfg
 
 
+class Stopped(RuntimeError):
+    """A training run stopped by a signal (Ctrl-C): compare.py exits as it did, 128 + N."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def jobs(cfg: CompareConfig) -> list[tuple[int, str, Path]]:
     """(seed, variant, run folder) of every run, in training order."""
     return [(seed, v, Path(cfg.out_dir) / f"seed{seed}" / v) for seed in range(cfg.base_seed, cfg.base_seed + cfg.seeds)
@@ -175,8 +183,8 @@ def run_training(flags: list[str], run_dir: Path, label: str) -> float:
         for line in proc.stdout:
             print(f"[{label}] {line}", end="", flush=True)
     if proc.returncode > 128:
-        raise RuntimeError(f"train.py for {label} was stopped by signal {proc.returncode - 128} (its checkpoint is "
-                           "saved); rerun the same compare.py command to resume it")
+        raise Stopped(proc.returncode, f"train.py for {label} was stopped by signal {proc.returncode - 128} (its "
+                      "checkpoint is saved); rerun the same compare.py command to resume it")
     if proc.returncode != 0:
         raise RuntimeError(f"train.py failed for {label} (exit {proc.returncode}); its output is above. "
                            f"Rerun the same compare.py command to resume after fixing the cause.")
@@ -370,7 +378,7 @@ def main(argv=None) -> int:
             s = run_training(train_flags(cfg, variant, seed, run_dir), run_dir, label)
         except (RuntimeError, ValueError) as err:
             print(f"compare.py: error: {err}", file=sys.stderr)
-            return 1
+            return err.code if isinstance(err, Stopped) else 1
         seconds += [s] if s > 0 else []
         run_dirs.append(run_dir)
     print(f"[eval] evaluating {len(run_dirs)} runs on the same held-out tokens ...", flush=True)

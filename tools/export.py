@@ -291,6 +291,9 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="replace HF_DIR if it holds an earlier export (never anything else)")
     args = parser.parse_args(argv)
+    if not args.out.strip():  # "" would be the current folder
+        print("export.py: error: --out is empty; give the folder for the export, e.g. --out=hf/RUN", file=sys.stderr)
+        return 2
     try:
         out = export(args.run, args.out, args.dtype, args.force, args.arch)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:

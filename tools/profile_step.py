@@ -51,6 +51,9 @@ def resolve(cfg: ProfileConfig):
         raise ValueError(f"top={cfg.top} must be at least 1")
     if cfg.out is not None and Path(cfg.out).is_dir():
         raise ValueError(f"--out={cfg.out} is a folder; name the file to write, e.g. {Path(cfg.out) / 'profile.txt'}")
+    if cfg.out is not None and not Path(cfg.out).absolute().parent.is_dir():
+        raise ValueError(f"--out={cfg.out}: its folder {Path(cfg.out).absolute().parent} does not exist; create it or "
+                         "name a file in an existing folder")
     return bench.resolve(dataclasses.replace(cfg, ce_chunk=cfg.ce_chunk or 0))
 
 
