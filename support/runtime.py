@@ -9,7 +9,7 @@ The device is resolved here once: `auto | cpu | cuda | cuda:N` on one process, `
 rank under torchrun. On CPU, two settings matter more than any code change (docs/method.md, "CPU speed traps"): flushing
 denormals and keeping glibc from returning big buffers to the OS after every step.
 
-Imports only torch and the standard library. Nothing runs at import.
+Imports torch, the standard library and support/files.py. Nothing runs at import.
 """
 
 import contextlib
@@ -293,7 +293,10 @@ def check_lock_free(folder) -> None:
     """ValueError if a run holds `folder`'s lock; creates nothing (a folder or lock file that does not exist is
     held by no one). Lets a caller name a folder in use before it names anything else wrong with it."""
     if os.path.isfile(os.path.join(folder, LOCK_FILE)):
-        files.take_lock(os.path.join(folder, LOCK_FILE), _in_use(folder)).close()  # released on close
+        try:
+            files.take_lock(os.path.join(folder, LOCK_FILE), _in_use(folder)).close()  # released on close
+        except OSError:  # an unwritable folder: check_out_dir names it
+            return
 
 
 def _in_use(folder) -> str:
